@@ -1,0 +1,1 @@
+"""audiopair: a Ray platform for paired-audio language models (ADIFF, ACC)."""

@@ -1,0 +1,180 @@
+"""Audio I/O and the small signal helpers every stage shares.
+
+Everything here works on float32 numpy arrays, mono ``(samples,)`` unless said otherwise. Bad input raises
+``AudioError`` naming the file, so a dataset build can reject that file and carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+EPS = 1e-10
+
+
+class AudioError(Exception):
+    """Audio that cannot be used: missing, empty, truncated, unreadable or non-finite. ``path`` names the file."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = str(path) if path is not None else None
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+def _wav_data_shortfall(p: Path) -> int | None:
+    """Bytes a RIFF/WAVE file's data chunk promises but does not hold (libsndfile quietly reads what is there)."""
+    import struct
+
+    with open(p, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        size = p.stat().st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                if n == 0xFFFFFFFF:  # RF64 / streaming writers leave the size open
+                    return None
+                return max(0, f.tell() + n - size)
+            f.seek(n + (n & 1), 1)
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read WAV / FLAC / OGG of any integer or float format: ``(channels, samples)`` float32 in [-1, 1], rate."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(p, "file does not exist")
+    if p.stat().st_size == 0:
+        raise AudioError(p, "file is empty (0 bytes)")
+    try:
+        with sf.SoundFile(str(p)) as f:
+            sr = f.samplerate
+            frames = f.frames
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AudioError(p, f"unreadable audio ({e})") from None
+    if data.shape[0] == 0:
+        raise AudioError(p, "no audio samples")
+    # A header that promises more frames than the file holds means the file was cut short.
+    if frames > 0 and data.shape[0] < frames:
+        raise AudioError(p, f"truncated: header says {frames} frames, file holds {data.shape[0]}")
+    missing = _wav_data_shortfall(p)
+    if missing:
+        raise AudioError(p, f"truncated: the data chunk is {missing} bytes shorter than its header says")
+    if not np.isfinite(data).all():
+        raise AudioError(p, "contains NaN or infinite samples")
+    return np.ascontiguousarray(data.T), int(sr)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """Average channels: ``(channels, samples)`` or ``(samples,)`` -> ``(samples,)``."""
+    return x if x.ndim == 1 else x.mean(axis=0).astype(np.float32)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed sinc) along the last axis."""
+    if sr_in == sr_out:
+        return x.astype(np.float32, copy=False)
+    import torch
+    import torchaudio.functional as AF
+
+    y = AF.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), sr_in, sr_out)
+    return y.numpy()
+
+
+def crop_or_pad(x: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
+    """Exactly ``length`` samples: take ``x[offset:offset+length]``, zero-padding at the end when short."""
+    out = np.zeros(length, dtype=np.float32)
+    piece = x[offset : offset + length]
+    out[: len(piece)] = piece
+    return out
+
+
+def load_audio(
+    path: str | os.PathLike,
+    sample_rate: int,
+    seconds: float | None = None,
+    offset_seconds: float = 0.0,
+) -> np.ndarray:
+    """Load a file as mono float32 at ``sample_rate``; optionally cropped or padded to ``seconds``."""
+    data, sr = read_audio(path)
+    x = resample(to_mono(data), sr, sample_rate)
+    if seconds is not None:
+        x = crop_or_pad(x, int(round(seconds * sample_rate)), int(round(offset_seconds * sample_rate)))
+    if not np.isfinite(x).all():
+        raise AudioError(path, "non-finite samples after resampling")
+    return x
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + EPS))
+
+
+def loudness_dbfs(x: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (a full-scale sine is -3 dBFS)."""
+    return float(20.0 * np.log10(rms(x)))
+
+
+def peak_dbfs(x: np.ndarray) -> float:
+    return float(20.0 * np.log10(np.max(np.abs(x)) + EPS))
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtype: str = "PCM_24") -> None:
+    """Write mono float audio atomically (temp file in the same folder, then rename). FLAC by extension."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not np.isfinite(x).all():
+        raise AudioError(p, "refusing to write non-finite samples")
+    fmt = p.suffix.lstrip(".").upper() or "FLAC"
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(x, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def mix_at_snr(
+    base: np.ndarray,
+    event: np.ndarray,
+    onset: int,
+    snr_db: float,
+    peak_dbfs_max: float = -1.0,
+) -> tuple[np.ndarray, dict]:
+    """Place ``event`` into ``base`` at sample ``onset`` with the requested SNR; the result has ``base``'s length.
+
+    SNR is the event's RMS over its own samples relative to the base's RMS over the same span (the whole base
+    when that span is silent), so a quiet background does not make a whisper loud. If the mix would peak above
+    ``peak_dbfs_max`` the whole mix is scaled down, which keeps the SNR and avoids clipping. Returns the mix and
+    what was done: onset and length in samples, the applied event gain and the final scale.
+    """
+    n = len(base)
+    if onset < 0 or onset >= n:
+        raise ValueError(f"onset {onset} outside the base clip of {n} samples")
+    ev = event[: n - onset].astype(np.float64)
+    span = base[onset : onset + len(ev)]
+    ref = rms(span) if rms(span) > 1e-6 else rms(base)
+    if ref <= 1e-6:  # a silent base: place the event at -20 dBFS RMS
+        ref = 10 ** (-20 / 20) / 10 ** (snr_db / 20)
+    gain = ref * 10 ** (snr_db / 20) / rms(ev)
+    out = base.astype(np.float64).copy()
+    out[onset : onset + len(ev)] += gain * ev
+    limit = 10 ** (peak_dbfs_max / 20)
+    peak = float(np.max(np.abs(out)))
+    scale = min(1.0, limit / peak) if peak > 0 else 1.0
+    out *= scale
+    return out.astype(np.float32), {
+        "onset": int(onset),
+        "event_samples": int(len(ev)),
+        "event_gain": float(gain),
+        "scale": float(scale),
+    }

@@ -1,0 +1,328 @@
+"""Typed configuration: one home for every default.
+
+A job's config is a YAML file (``jobs/configs/demo.yaml`` by default) plus dotted overrides on the command line,
+``dataset.num_workers=2``. Unknown or ill-typed keys fail with the dotted path of the key at fault and the keys or
+values that are allowed there, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key at fault."""
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- sources
+SourceKind = Literal["demo", "audiocaps", "clotho", "events", "adiff_csv"]
+
+
+class DemoBankConfig(Section):
+    """The procedurally synthesised demo corpus (no downloads)."""
+
+    seed: int = 0
+    clip_seconds: float = Field(4.0, gt=0.5, le=30)
+    event_clips_per_kind: int = Field(12, ge=3)
+    base_clips: int = Field(90, ge=6)
+    max_backgrounds: int = Field(2, ge=1, le=2)
+
+
+class SourceConfig(Section):
+    """One place clips and captions come from.
+
+    ``role`` says how the builder uses its clips: ``base`` clips are the A of an edit triple, ``event`` clips the B
+    and C, ``pairs`` sources (ADIFF CSVs) bring ready-made pairs.
+    """
+
+    kind: SourceKind = "demo"
+    name: str | None = None  # dataset name used in metric keys; defaults to kind
+    csv: str | None = None  # AudioCaps / Clotho caption CSV, event caption CSV, ADIFF CSV (one or a glob)
+    audio_dir: str | None = None  # folder the CSV's audio paths are relative to
+    role: Literal["base", "event", "pairs", "auto"] = "auto"
+    limit: int | None = Field(None, ge=1)  # take at most this many clips (quick looks at big corpora)
+    split: Literal["train", "val", "test"] | None = None  # pin every clip of this source to one split
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+# --------------------------------------------------------------------------------------------- building
+class MixConfig(Section):
+    """Audit-style mixing of an event clip into a base clip."""
+
+    snr_db: tuple[float, float] = (0.0, 10.0)  # event level relative to the base, drawn uniformly
+    peak_dbfs: float = Field(-1.0, le=0.0)  # the mix is scaled down when its peak passes this
+    min_event_seconds: float = Field(0.3, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "MixConfig":
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"snr_db range must be (low, high), got {self.snr_db}")
+        return self
+
+
+class SplitConfig(Section):
+    """Fractions of source clips per split; splits are disjoint by source clip."""
+
+    train: float = Field(0.7, ge=0)
+    val: float = Field(0.15, ge=0)
+    test: float = Field(0.15, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+
+class ExplanationConfig(Section):
+    """How ADIFF tier 1-3 explanations are written."""
+
+    generator: Literal["template", "llm"] = "template"
+    llm_path: str | None = None  # local folder or hub id of a causal LM (generator=llm)
+    llm_max_new_tokens: int = Field(256, ge=8)
+    llm_batch_size: int = Field(8, ge=1)
+    llm_concurrency: int = Field(1, ge=1)
+    llm_num_gpus: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _llm_needs_path(self) -> "ExplanationConfig":
+        if self.generator == "llm" and not self.llm_path:
+            raise ValueError("generator 'llm' needs llm_path (a local model folder or hub id)")
+        return self
+
+
+TaskName = Literal["ac", "adc", "acc", "adiff", "position"]
+
+
+class TasksConfig(Section):
+    """Which examples the builder writes, and how many."""
+
+    enabled: list[TaskName] = ["ac", "adc", "acc", "adiff", "position"]
+    triples_per_base: int = Field(2, ge=1)  # edit triples (A, B, C) drawn per base clip
+    random_pairs_per_clip: int = Field(1, ge=0)  # ADIFF App. E random pairs per clip
+    random_pair_exclude: int = Field(5, ge=1)  # App. E: partner is not one of clips i .. i+4
+    tiers: list[Literal[1, 2, 3]] = [1, 2, 3]
+    position_kinds: list[Literal["first", "second", "both"]] = ["first", "second", "both"]
+    explanations: ExplanationConfig = ExplanationConfig()
+
+
+class FeatureConfig(Section):
+    """Front-end features cached next to the manifests (HTSAT: 32 kHz, 64 mels, 1024 window, 320 hop)."""
+
+    logmel: bool = True
+    n_mels: int = Field(64, ge=8)
+    n_fft: int = Field(1024, ge=64)
+    hop_length: int = Field(320, ge=16)
+    f_min: float = Field(50.0, ge=0)
+    f_max: float | None = 14000.0
+
+
+class DatasetConfig(Section):
+    """``jobs/build_dataset.py``: sources -> plan -> render -> targets -> features."""
+
+    name: str = "demo"
+    output_dir: str = "work/datasets/demo"
+    sources: list[SourceConfig] = [SourceConfig(kind="demo")]
+    demo: DemoBankConfig = DemoBankConfig()
+    sample_rate: int = Field(32000, ge=8000)
+    clip_seconds: float | None = Field(10.0, gt=0)  # crop/pad every rendered clip; None keeps source length
+    seed: int = 0
+    splits: SplitConfig = SplitConfig()
+    mix: MixConfig = MixConfig()
+    tasks: TasksConfig = TasksConfig()
+    features: FeatureConfig = FeatureConfig()
+    num_workers: int = Field(2, ge=1)
+    shard_size: int = Field(16, ge=1)  # clips per shard: the unit of parallel work and of resuming
+    max_rejected_fraction: float = Field(0.05, ge=0, le=1)
+    on_existing: Literal["resume", "refuse", "overwrite"] = "resume"
+
+
+# --------------------------------------------------------------------------------------------- root
+class Config(Section):
+    """Root of every job's config. Later issues add model / train / evaluate sections."""
+
+    work_dir: str = "work"
+    dataset: DatasetConfig = DatasetConfig()
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _allowed_here(model: type[BaseModel], loc: tuple) -> str:
+    """Describe what is allowed at ``loc`` (the field names of the section, or a Literal's values)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return "allowed keys: " + ", ".join(sorted(current.model_fields))
+            current = field.annotation
+            # unwrap Optional / list[...] to reach a section or a Literal
+            for _ in range(3):
+                args = [a for a in typing.get_args(current) if a is not type(None)]
+                if typing.get_origin(current) in (list, tuple, typing.Union) and args:
+                    current = args[0]
+                elif str(typing.get_origin(current)).endswith("UnionType") and args:
+                    current = args[0]
+        else:
+            break
+    if typing.get_origin(current) is Literal:
+        return "allowed values: " + ", ".join(repr(v) for v in typing.get_args(current))
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return "allowed keys: " + ", ".join(sorted(current.model_fields))
+    return ""
+
+
+def _format_validation_error(err: ValidationError, model: type[BaseModel], origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            msg = f"unknown key; {_allowed_here(model, parent + ('__none__',)) or _allowed_here(model, parent)}"
+        else:
+            hint = _allowed_here(model, loc)
+            if hint.startswith("allowed values"):
+                msg = f"{msg}; {hint}"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {path}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML, so ``2``, ``true``, ``[1, 2]`` are typed)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict, path: list[str], value: Any, model: type[BaseModel]) -> None:
+    node = tree
+    section: Any = model
+    for i, part in enumerate(path[:-1]):
+        if part.isdigit() and isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if isinstance(section, type) and issubclass(section, BaseModel) and part not in section.model_fields:
+            where = ".".join(path[: i + 1])
+            raise ConfigError(
+                f"unknown config key {where!r}; allowed keys: {', '.join(sorted(section.model_fields))}"
+            )
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        node = child
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            section = section.model_fields[part].annotation
+    last = path[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = Config,
+) -> Any:
+    """Read ``path`` (YAML; ``None`` means built-in defaults), apply dotted overrides, validate."""
+    origin = str(path) if path else "defaults"
+    tree: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top, got {type(loaded).__name__}")
+        tree = loaded
+    # Start from the model's defaults so dotted overrides can reach into lists (e.g. dataset.sources.0.csv).
+    tree = _merge(model().model_dump(mode="json"), tree)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _set_dotted(tree, keys, value, model)
+        origin = f"{origin} + overrides"
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, model, origin)) from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (logged to MLflow as ``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` for MLflow params."""
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "demo.yaml"
+
+
+def config_from_argv(argv: list[str] | None = None, description: str = "") -> Config:
+    """The command line every job shares: ``[--config FILE] [key.sub=value ...]``; demo.yaml by default."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name} when present)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dataset.num_workers=2")
+    args = parser.parse_args(argv)
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    try:
+        return load_config(path, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,92 @@
+"""The manifest record (DESIGN.md): one example per JSON line, validated on read and on write."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audiopair.data.io import atomic_write_jsonl
+
+Task = Literal["ac", "adc", "acc", "adiff", "position"]
+Split = Literal["train", "val", "test"]
+TASKS: tuple[str, ...] = ("ac", "adc", "acc", "adiff", "position")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+AUDIO_COUNT = {"ac": 1, "adc": 2, "acc": 2, "adiff": 2, "position": 2}
+
+
+class Recipe(BaseModel):
+    """How to render an example's audio on the fly instead of reading files (see data/render.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    clips: list[dict] = Field(min_length=1, max_length=2)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    task: Task
+    audio: list[str] | Recipe
+    prompt: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    references: list[str] = Field(min_length=1)
+    tier: Literal[1, 2, 3] | None = None
+    split: Split
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("references")
+    @classmethod
+    def _no_empty_reference(cls, refs: list[str]) -> list[str]:
+        if any(not r.strip() for r in refs):
+            raise ValueError("references must not contain empty texts")
+        return refs
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Record":
+        if (self.task == "adiff") != (self.tier is not None):
+            raise ValueError("tier is required for task 'adiff' and must be null for other tasks")
+        n = len(self.audio) if isinstance(self.audio, list) else len(self.audio.clips)
+        if n != AUDIO_COUNT[self.task]:
+            raise ValueError(f"task {self.task!r} takes {AUDIO_COUNT[self.task]} audio, got {n}")
+        return self
+
+
+class ManifestError(ValueError):
+    """A bad manifest line; the message names file and line."""
+
+
+def read_manifest(path: str | os.PathLike) -> Iterator[Record]:
+    """Yield validated records; the first bad one raises ManifestError with ``file:line`` and the field."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Record.model_validate(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            except ValidationError as e:
+                problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'record'}: {x['msg']}" for x in e.errors())
+                raise ManifestError(f"{path}:{n}: invalid record: {problems}") from None
+
+
+def write_manifest(path: str | os.PathLike, records: list[Record | dict]) -> int:
+    """Validate every record, then write the file atomically."""
+    rows = [(r if isinstance(r, Record) else Record.model_validate(r)).model_dump(mode="json") for r in records]
+    return atomic_write_jsonl(path, rows)
+
+
+def manifest_path(root: str | os.PathLike, task: str, split: str) -> Path:
+    return Path(root) / "manifests" / f"{task}_{split}.jsonl"
+
+
+def resolve_audio(manifest: str | os.PathLike, record: Record) -> list[Path]:
+    """Absolute audio paths of a file-backed record (paths in a manifest are relative to its folder)."""
+    if not isinstance(record.audio, list):
+        raise ValueError(f"record {record.id} holds a recipe, not files")
+    base = Path(manifest).resolve().parent
+    return [(base / a).resolve() for a in record.audio]

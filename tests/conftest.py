@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny demo dataset config, built once per session for the tests that only read it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests run on CPU, offline; keep every library from reaching out and Ray quiet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+TINY = [
+    "dataset.sample_rate=16000",
+    "dataset.clip_seconds=2.0",
+    "dataset.demo.clip_seconds=2.0",
+    "dataset.demo.event_clips_per_kind=3",
+    "dataset.demo.base_clips=8",
+    "dataset.tasks.triples_per_base=1",
+    "dataset.features.n_fft=512",
+    "dataset.features.hop_length=160",
+    "dataset.features.f_max=8000",
+    "dataset.shard_size=8",
+    "dataset.num_workers=2",
+]
+
+
+def tiny_config(out_dir, *extra: str):
+    from audiopair.config import load_config
+
+    return load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + [f"dataset.output_dir={out_dir}", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A finished tiny demo build (Ray Data path), shared read-only by several tests."""
+    from audiopair.data.pipeline import build_dataset
+
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    cfg = tiny_config(out)
+    result = build_dataset(cfg.dataset, progress=lambda m: None)
+    return cfg, result
