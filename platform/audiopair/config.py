@@ -38,6 +38,7 @@ class DemoBankConfig(Section):
     event_clips_per_kind: int = Field(12, ge=3)
     base_clips: int = Field(90, ge=6)
     max_backgrounds: int = Field(2, ge=1, le=2)
+    events: bool = True  # false: only base scenes, with events from another source (e.g. an event folder)
 
 
 class SourceConfig(Section):

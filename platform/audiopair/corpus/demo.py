@@ -348,7 +348,7 @@ class DemoSource:
         self.cfg = cfg
         rng = np.random.default_rng(cfg.seed)
         clips: list[Clip] = []
-        for kind in EVENTS:
+        for kind in EVENTS if cfg.events else ():
             for i in range(cfg.event_clips_per_kind):
                 cid = f"{name}/event/{kind.name}/{i:03d}"
                 # Rotate the primary phrasing so every phrasing is a target somewhere.

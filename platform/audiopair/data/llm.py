@@ -61,7 +61,7 @@ def generate_explanations(pairs: list[PairItem], items: dict[str, RenderItem], f
         LLMExplainer,
         fn_constructor_kwargs={"model_path": ecfg.llm_path, "max_new_tokens": ecfg.llm_max_new_tokens},
         batch_size=ecfg.llm_batch_size,
-        concurrency=ecfg.llm_concurrency,
+        compute=ray.data.ActorPoolStrategy(size=ecfg.llm_concurrency),
         num_gpus=ecfg.llm_num_gpus,
         num_cpus=0 if ecfg.llm_num_gpus else 1,
     )

@@ -135,7 +135,7 @@ def run_shards_ray(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig
         ShardWorker,
         fn_constructor_kwargs={"shared_ref": [shared], "cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
         batch_size=1,
-        concurrency=min(cfg.num_workers, len(todo)),
+        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_workers, len(todo))),
         num_cpus=1,
     )
     finished = 0

@@ -38,7 +38,7 @@ class Plan:
 
 
 def assign_splits(clips: list[Clip], fractions: SplitConfig, seed: int) -> dict[str, str]:
-    """Split clips disjointly, stratified by (role, first label) so every event kind reaches every split.
+    """Split clips disjointly, stratified by (role, most specific label) so every event kind reaches every split.
 
     Clips whose source pins a split keep it. In a group of n >= 3 clips, val and test get at least one each when
     their fraction is positive.
@@ -49,7 +49,7 @@ def assign_splits(clips: list[Clip], fractions: SplitConfig, seed: int) -> dict[
         if c.split:
             out[c.id] = c.split
         else:
-            groups[(c.role, c.labels[0] if c.role == "event" and c.labels else "")].append(c)
+            groups[(c.role, c.labels[-1] if c.role == "event" and c.labels else "")].append(c)
     rng = random.Random(seed)
     for key in sorted(groups):
         group = sorted(groups[key], key=lambda c: c.id)

@@ -72,9 +72,9 @@ def mix_item(base: Clip, event: Clip, split: str, rng: random.Random, snr_range:
 
 
 def pick_events(events: list[Clip], rng: random.Random) -> tuple[Clip, Clip]:
-    """Two event clips of different kinds (different first label) when the bank allows it."""
+    """Two event clips of different kinds (different most specific label) when the bank allows it."""
     b = rng.choice(events)
-    others = [e for e in events if e.id != b.id and (not b.labels or not e.labels or e.labels[0] != b.labels[0])]
+    others = [e for e in events if e.id != b.id and (not b.labels or not e.labels or e.labels[-1] != b.labels[-1])]
     if not others:
         others = [e for e in events if e.id != b.id]
     if not others:

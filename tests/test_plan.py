@@ -1,0 +1,96 @@
+"""Planning: six pairs per triple, splits disjoint by source clip, random pairs, exact re-rendering."""
+
+import random
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from audiopair.corpus import make_source
+from audiopair.data.plan import assign_splits, make_plan
+from audiopair.data.render import render
+from audiopair.tasks.edits import random_pairs
+from conftest import tiny_config
+
+
+def _plan(tmp_path, *extra):
+    cfg = tiny_config(tmp_path / "ds", *extra).dataset
+    return cfg, make_plan([(make_source(s, cfg), s) for s in cfg.sources], cfg)
+
+
+def test_six_pairs_per_triple(tmp_path):
+    cfg, plan = _plan(tmp_path)
+    edits = [p for p in plan.pairs if p.op in ("add", "delete", "replace")]
+    by_base = defaultdict(list)
+    for p in edits:
+        by_base[p.base].append(p)
+    bases = [i for i in plan.items if i.recipe["op"] == "source"]
+    assert len(by_base) == len(bases) and all(len(v) == 6 for v in by_base.values())  # triples_per_base=1
+    for base_id, ps in by_base.items():
+        ops = Counter(p.op for p in ps)
+        assert ops == {"add": 2, "delete": 2, "replace": 2}
+        mixes = {p.second for p in ps if p.op == "add"}
+        assert len(mixes) == 2
+        ab, ac = sorted(mixes)
+        assert {(p.first, p.second) for p in ps} == {
+            (base_id, ab), (base_id, ac), (ab, base_id), (ac, base_id), (ab, ac), (ac, ab)}
+        # B and C are events of different kinds
+        b_kinds = {p.b.labels[-1] for p in ps if p.op == "add"}
+        assert len(b_kinds) == 2
+
+
+def test_splits_disjoint_by_source_clip(tmp_path):
+    cfg, plan = _plan(tmp_path)
+    used = defaultdict(set)  # source clip -> splits it reaches through any rendered clip
+    for item in plan.items:
+        r = item.recipe
+        for cid in ([r["clip"]] if r["op"] == "source" else [r["base"], r["event"]]):
+            used[cid].add(item.split)
+    assert used and all(len(s) == 1 for s in used.values())
+    for p in plan.pairs:
+        items = {i.id: i for i in plan.items}
+        assert items[p.first].split == items[p.second].split == p.split
+
+
+def test_split_assignment_is_stratified_by_event_kind(tmp_path):
+    """Every event kind has clips in every split, so test events are unseen clips of seen kinds."""
+    cfg, plan = _plan(tmp_path)
+    split_of = assign_splits(list(plan.clips.values()), cfg.splits, cfg.seed)
+    kinds = defaultdict(Counter)
+    for cid, split in split_of.items():
+        if "/event/" in cid:
+            kinds[cid.split("/")[2]][split] += 1
+    assert len(kinds) == 20
+    assert all(set(c) == {"train", "val", "test"} for c in kinds.values())
+    bases = Counter(s for cid, s in split_of.items() if "/base/" in cid)
+    assert bases == {"train": 10, "val": 2, "test": 2}  # 14 bases at 0.7 / 0.15 / 0.15
+
+
+def test_plan_is_deterministic(tmp_path):
+    _, a = _plan(tmp_path)
+    _, b = _plan(tmp_path)
+    assert a.fingerprint() == b.fingerprint()
+    _, c = _plan(tmp_path, "dataset.seed=1")
+    assert c.fingerprint() != a.fingerprint()
+
+
+def test_random_pairs_exclude_next_five():
+    ids = [f"c{i}" for i in range(12)]
+    pairs = random_pairs(ids, "train", 3, 5, random.Random(0))
+    assert len(pairs) == 36
+    for p in pairs:
+        i, j = ids.index(p.first), ids.index(p.second)
+        assert (j - i) % 12 >= 5
+    assert random_pairs(ids[:5], "train", 1, 5, random.Random(0)) == []
+
+
+def test_recipe_rerenders_identically(tmp_path):
+    cfg, plan = _plan(tmp_path)
+    mixes = [i for i in plan.items if i.recipe["op"] == "mix"][:4]
+    for item in mixes:
+        x1, info1 = render(item.recipe, plan.clips, cfg)
+        x2, info2 = render(dict(item.recipe), plan.clips, cfg)
+        assert np.array_equal(x1, x2) and info1 == info2
+        assert len(x1) == int(cfg.clip_seconds * cfg.sample_rate)
+        assert np.max(np.abs(x1)) <= 10 ** (cfg.mix.peak_dbfs / 20) + 1e-6
+        lo, hi = cfg.mix.snr_db
+        assert lo <= item.recipe["snr_db"] <= hi
