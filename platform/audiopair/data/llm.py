@@ -23,15 +23,19 @@ class LLMExplainer:
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "left"  # decoder-only batching: pad on the left so every row ends at its prompt
+        self.tok.truncation_side = "left"  # an over-long prompt keeps its end: the captions and the tier request
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = max_new_tokens
+        context = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", 2048)
+        self.max_prompt_tokens = context - max_new_tokens
 
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        enc = self.tok(list(batch["prompt"]), return_tensors="pt", padding=True).to(self.device)
+        enc = self.tok(list(batch["prompt"]), return_tensors="pt", padding=True, truncation=True,
+                       max_length=self.max_prompt_tokens).to(self.device)
         with torch.no_grad():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tok.pad_token_id)
