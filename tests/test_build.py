@@ -124,3 +124,63 @@ def test_too_many_rejections_fail_naming_the_worst_file(tmp_path):
         build_dataset(cfg, executor="serial", **quiet)
     assert "ping_broken.wav" in str(e.value) and "max_rejected_fraction" in str(e.value)
     assert (Path(cfg.output_dir) / "rejected.jsonl").exists()
+
+
+def test_adiff_csv_pairs_become_adiff_examples(tmp_path):
+    """Released ADIFF CSV rows build into adiff records with the CSV's answer, input and tier."""
+    sr = 16000
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name, f in (("one.wav", 440.0), ("two.wav", 880.0), ("three.wav", 220.0)):
+        sf.write(audio / name, (0.3 * np.sin(2 * np.pi * f * np.arange(sr) / sr)).astype(np.float32), sr)
+    rows = [
+        ("one.wav", "two.wav", "A low hum", "A high tone", "explain the difference in few words", "Audio 2 is higher."),
+        ("one.wav", "three.wav", "A low hum", "A lower hum", "explain the difference in detail", "Both hum, the second lower."),
+        ("two.wav", "missing.wav", "A high tone", "Nothing", "explain the difference in a sentence", "Lost."),
+    ]
+    csv_path = tmp_path / "val.csv"
+    with open(csv_path, "w", newline="") as f:
+        import csv
+
+        w = csv.writer(f)
+        w.writerow(["taskname", "filepath1", "filepath2", "caption1", "caption2", "input", "answer"])
+        for r in rows:
+            w.writerow(["audiocaps", *r])
+    cfg = tiny_config(tmp_path / "ds", "dataset.sources=[{kind: adiff_csv, name: acd, csv: '%s', audio_dir: '%s', split: val}]"
+                      % (csv_path, audio), "dataset.max_rejected_fraction=0.5").dataset
+    res = build_dataset(cfg, executor="serial", **quiet)
+    recs = sorted(read_manifest(Path(cfg.output_dir) / "manifests" / "adiff_val.jsonl"), key=lambda r: r.tier)
+    assert [(r.tier, r.prompt, r.target) for r in recs] == [
+        (1, rows[0][4], rows[0][5]), (3, rows[1][4], rows[1][5])]
+    assert res.rejected == 1  # missing.wav, reported in rejected.jsonl
+    assert "missing.wav" in (Path(cfg.output_dir) / "rejected.jsonl").read_text()
+
+
+def test_acc_audiocaps_config_builds_from_real_readers(tmp_path):
+    """The shipped real-data config, pointed at small AudioCaps + event-folder fixtures, builds ACC/ADC/AC."""
+    from audiopair.config import load_config
+    from conftest import REPO
+
+    sr = 16000
+    ac_dir = tmp_path / "audiocaps"
+    ac_dir.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["audiocap_id,youtube_id,start_time,caption"]
+    for i in range(12):
+        sf.write(ac_dir / f"yt{i:02d}.wav", (0.05 * rng.standard_normal(2 * sr)).astype(np.float32), sr)
+        lines.append(f'{100 + i},yt{i:02d},30,"A man speaks, then a door closes {i}"')
+    (ac_dir / "train.csv").write_text("\n".join(lines) + "\n")
+    events = _event_folder(tmp_path / "events", bad=False)
+    cfg = load_config(REPO / "jobs" / "configs" / "acc_audiocaps.yaml", [
+        f"dataset.output_dir={tmp_path / 'ds'}", f"dataset.sources.0.csv={ac_dir / 'train.csv'}",
+        f"dataset.sources.0.audio_dir={ac_dir}", f"dataset.sources.1.audio_dir={events}",
+        "dataset.sample_rate=16000", "dataset.clip_seconds=2.0", "dataset.num_workers=1", "dataset.shard_size=32",
+        "dataset.splits.train=0.34", "dataset.splits.val=0.33", "dataset.splits.test=0.33",
+    ]).dataset
+    res = build_dataset(cfg, executor="serial", **quiet)
+    assert res.rejected == 0
+    assert set(k.split("_")[0] for k in res.manifests) == {"ac", "adc", "acc"}
+    acc = list(read_manifest(Path(cfg.output_dir) / "manifests" / "acc_train.jsonl"))
+    assert acc and all(r.meta["op"] in ("add", "delete", "replace") for r in acc)
+    add = next(r for r in acc if r.meta["op"] == "add")
+    assert add.target.startswith("A man speaks, then a door closes")  # the pre-edit (AudioCaps) caption

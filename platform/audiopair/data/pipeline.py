@@ -97,21 +97,23 @@ def _marker(out: Path, index: int) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------- running shards
-class ShardWorker:
-    """Ray Data actor: holds the plan once, renders whole shards per call."""
+_PLAN_CACHE: dict = {}
 
-    def __init__(self, shared_ref, cfg_json: dict, out_dir: str):
-        import ray
 
+def render_shards(batch: dict, shared: list, cfg_json: dict, out_dir: str) -> dict:
+    """Ray Data task: render whole shards. The plan travels once through the object store (``shared``) and is
+    kept per worker process, so a pooled worker deserialises it once, not once per shard."""
+    import ray
+
+    key = shared[0].hex()
+    if key not in _PLAN_CACHE:
         set_single_thread()
-        self.shards, self.clips = ray.get(shared_ref[0])
-        self.cfg = DatasetConfig.model_validate(cfg_json)
-        self.out_dir = out_dir
-
-    def __call__(self, batch: dict) -> dict:
-        done = [process_shard(int(i), self.shards[int(i)], self.clips, self.cfg, self.out_dir) for i in batch["shard"]]
-        return {"shard": [d["shard"] for d in done], "clips": [len(d["clips"]) for d in done],
-                "rejected": [len(d["rejected"]) for d in done]}
+        _PLAN_CACHE.clear()
+        _PLAN_CACHE[key] = (ray.get(shared[0]), DatasetConfig.model_validate(cfg_json))
+    (shards, clips), cfg = _PLAN_CACHE[key]
+    done = [process_shard(int(i), shards[int(i)], clips, cfg, out_dir) for i in batch["shard"]]
+    return {"shard": [d["shard"] for d in done], "clips": [len(d["clips"]) for d in done],
+            "rejected": [len(d["rejected"]) for d in done]}
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -131,11 +133,13 @@ def run_shards_ray(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig
     ensure_ray()
     shared = ray.put((shards, plan.clips))
     ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
+    # Rendering and log-mels need no model, so plain tasks on pooled workers do it (no actor start-up per build);
+    # model-based features (encoder embeddings) use an actor pool that loads the model once per actor.
     ds = ds.map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={"shared_ref": [shared], "cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
+        render_shards,
+        fn_kwargs={"shared": [shared], "cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.num_workers, len(todo))),
+        compute=ray.data.TaskPoolStrategy(size=min(cfg.num_workers, len(todo))),
         num_cpus=1,
     )
     finished = 0
