@@ -8,7 +8,7 @@ Each variant runs ``--repeats`` times, interleaved, into fresh folders; Ray is s
 start-up is not counted (it is paid once per job, not per clip). Targets: ray x2 / ray x1 >= 1.7 on 2 cores,
 ray x1 within 20% of serial.
 
-    python benchmarks/bench_build.py [--repeats 3] [--base-clips 90] [--shard-size 16]
+    python benchmarks/bench_build.py [--repeats 3] [--base-clips 90] [--shard-size 16] [--tasks-per-worker 2]
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--base-clips", type=int, default=90)
     ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--tasks-per-worker", type=int, default=2)
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
     cfg = load_config(REPO / "jobs" / "configs" / "demo.yaml",
-                      [f"dataset.demo.base_clips={args.base_clips}", f"dataset.shard_size={args.shard_size}"]).dataset
+                      [f"dataset.demo.base_clips={args.base_clips}", f"dataset.shard_size={args.shard_size}",
+                       f"dataset.tasks_per_worker={args.tasks_per_worker}"]).dataset
     plan = make_plan([(make_source(s, cfg), s) for s in cfg.sources], cfg)
     shards = [plan.items[i : i + cfg.shard_size] for i in range(0, len(plan.items), cfg.shard_size)]
     todo = list(range(len(shards)))

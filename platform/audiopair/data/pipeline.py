@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import shutil
 import time
@@ -132,20 +133,32 @@ def run_shards_ray(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig
 
     ensure_ray()
     shared = ray.put((shards, plan.clips))
-    ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=len(todo))
+    # A few tasks per worker: each task costs Ray Data ~0.2 s to schedule, and two per worker keep the tail short.
+    # Shards stay the unit of resuming (each writes its own done marker).
+    workers = min(cfg.num_workers, len(todo))
+    per_task = max(1, math.ceil(len(todo) / (workers * cfg.tasks_per_worker)))
+    ds = ray.data.from_items([{"shard": i} for i in todo], override_num_blocks=math.ceil(len(todo) / per_task))
     # Rendering and log-mels need no model, so plain tasks on pooled workers do it (no actor start-up per build);
     # model-based features (encoder embeddings) use an actor pool that loads the model once per actor.
     ds = ds.map_batches(
         render_shards,
         fn_kwargs={"shared": [shared], "cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
-        batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=min(cfg.num_workers, len(todo))),
+        batch_size=per_task,
+        compute=ray.data.TaskPoolStrategy(size=workers),
         num_cpus=1,
     )
+    # This pipeline is one map: nothing downstream needs CPUs held back for it. Ray Data's per-operator reservation
+    # otherwise delays the second task by about a second (measured: 1.64x -> 1.75x at 2 workers on 2 cores).
+    ctx = ray.data.DataContext.get_current()
+    reserved, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
     finished = 0
-    for row in ds.iter_rows():
-        finished += 1
-        progress(f"shard {row['shard']} done: {row['clips']} clips, {row['rejected']} rejected ({finished}/{len(todo)})")
+    try:
+        for row in ds.iter_rows():
+            finished += 1
+            progress(f"shard {row['shard']} done: {row['clips']} clips, {row['rejected']} rejected "
+                     f"({finished}/{len(todo)})")
+    finally:
+        ctx.op_resource_reservation_enabled = reserved
 
 
 def run_shards_serial(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig, out: Path, progress: Progress) -> None:
