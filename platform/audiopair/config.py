@@ -149,9 +149,84 @@ class DatasetConfig(Section):
     tasks: TasksConfig = TasksConfig()
     features: FeatureConfig = FeatureConfig()
     num_workers: int = Field(2, ge=1)
-    shard_size: int = Field(16, ge=1)  # clips per shard: the unit of parallel work and of resuming
+    shard_size: int = Field(16, ge=1)  # clips per shard: the unit of resuming
+    tasks_per_worker: int = Field(2, ge=1)  # Ray Data tasks per worker (each renders several shards)
     max_rejected_fraction: float = Field(0.05, ge=0, le=1)
     on_existing: Literal["resume", "refuse", "overwrite"] = "resume"
+
+
+# ---- models
+class EncoderConfig(Section):
+    """The HTSAT audio encoder (transformers' ClapAudioModel). Defaults are the paper's (ADIFF App. G).
+
+    ``pretrained`` is a hub id or local folder holding a ClapAudioModel (or a whole ClapModel, whose audio tower is
+    taken); ``None`` builds a random encoder from the size fields below (seeded by ``seed``). ``n_mels`` must equal
+    ``dataset.features.n_mels``.
+    """
+
+    pretrained: str | None = "laion/clap-htsat-unfused"
+    n_mels: int = Field(64, ge=8)
+    frames: int | None = Field(1001, ge=8)  # crop / repeat-pad time to this (1001 = 10 s at a 10 ms hop); None: as is
+    spec_size: int = Field(256, ge=16)  # Swin image side; time is resized to spec_size * (spec_size // n_mels)
+    patch_size: int = Field(4, ge=1)
+    patch_stride: int = Field(4, ge=1)
+    window_size: int = Field(8, ge=1)
+    embed_dim: int = Field(96, ge=4)  # first stage width; the embedding is embed_dim * 2 ** (len(depths) - 1)
+    depths: list[int] = [2, 2, 6, 2]
+    heads: list[int] = [4, 8, 16, 32]
+    num_classes: int = Field(527, ge=1)  # event head classes (AudioSet: 527; demo: the bank's event kinds)
+    # frame logits -> clip logits for stage-1 event training. "max" keeps the frame probabilities calibrated (an absent
+    # event must be low in every frame), which the hallucination view reads; "attention" fits clips a bit faster.
+    clip_pool: Literal["max", "attention"] = "max"
+    freeze: bool = True  # ADIFF App. G: frozen in every stage; False lets stage 3 train it
+    seed: int = 0  # random init (pretrained=None, language_only) is reproducible
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "EncoderConfig":
+        if len(self.depths) != len(self.heads) or not self.depths:
+            raise ValueError(f"depths {self.depths} and heads {self.heads} must be non-empty and of equal length")
+        if self.spec_size % self.n_mels:
+            raise ValueError(f"spec_size ({self.spec_size}) must be a multiple of n_mels ({self.n_mels})")
+        ratio = self.spec_size // self.n_mels
+        grid = self.spec_size // self.patch_stride
+        final = grid // 2 ** (len(self.depths) - 1)
+        if grid % 2 ** (len(self.depths) - 1) or final < 1 or final % ratio:
+            raise ValueError(
+                f"spec_size {self.spec_size} / patch_stride {self.patch_stride} / 2^{len(self.depths) - 1} = {final} "
+                f"must be a positive multiple of spec_size // n_mels = {ratio}"
+            )
+        for i, h in enumerate(self.heads):
+            if (self.embed_dim * 2**i) % h:
+                raise ValueError(f"stage {i} width {self.embed_dim * 2**i} is not divisible by heads[{i}] = {h}")
+        return self
+
+
+class AdiffModelConfig(Section):
+    """ADIFF (paper section 3, App. G/J): encoder -> per-audio mappers -> separator -> text mapper -> cross-projection
+    -> GPT-2. Defaults are the paper's sizes; the demo overrides them with tiny ones."""
+
+    variant: Literal["adiff", "baseline", "language_only"] = "adiff"
+    prefix_len: int = Field(40, ge=1)  # tokens per audio
+    prompt_len: int = Field(40, ge=1)  # prompt tokens (padded / truncated), also the text prefix length
+    mapper_layers: int = Field(8, ge=1)
+    mapper_heads: int = Field(8, ge=1)
+    mapper_mlp_ratio: float = Field(2.0, gt=0)  # ClipCap's TransformerMapper uses 2
+    cross_layers: int = Field(4, ge=1)
+    shared_mapper: bool = False  # paper: a mapper per audio
+    dropout: float = Field(0.1, ge=0, lt=1)  # in the mappers and cross-projection
+    lm_pretrained: str | None = "gpt2"  # gpt2 / gpt2-medium / gpt2-large / gpt2-xl or a local folder; None: tiny random
+    lm_layers: int = Field(12, ge=1)  # sizes of a random GPT-2 (lm_pretrained=None); defaults = GPT-2 base
+    lm_dim: int = Field(768, ge=8)
+    lm_heads: int = Field(12, ge=1)
+    lm_positions: int = Field(1024, ge=16)
+    separator_token: str = "<|endoftext|>"  # in every GPT-2 vocabulary, so no embedding resize is needed
+    encoder: EncoderConfig = EncoderConfig()
+
+    @model_validator(mode="after")
+    def _dims(self) -> "AdiffModelConfig":
+        if self.lm_pretrained is None and self.lm_dim % self.lm_heads:
+            raise ValueError(f"lm_dim ({self.lm_dim}) must be divisible by lm_heads ({self.lm_heads})")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -160,6 +235,7 @@ class Config(Section):
 
     work_dir: str = "work"
     dataset: DatasetConfig = DatasetConfig()
+    model: AdiffModelConfig = AdiffModelConfig()
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -1,0 +1,182 @@
+"""The HTSAT audio encoder: transformers' ``ClapAudioModel`` (a Swin transformer over the log-mel "image") plus a small
+event head.
+
+Input is what the data pipeline caches (``audiopair.data.features.logmel``): ``(batch, n_mels, frames)`` float32 log-mel
+power in dB, floored at -100 dB. That is the same scale ``ClapFeatureExtractor`` produces (``log_mel="dB"``); the
+backbone normalises it itself with a BatchNorm over mel bins, so no further scaling is done here.
+
+Outputs: the pooled embedding ``(batch, d_audio)`` (768 for HTSAT), frame-level event probabilities
+``(batch, frames', num_classes)`` from the time axis of the last hidden state (frames' = 32 for HTSAT, each covering
+1/32 of the fitted input), and clip-level logits pooled from the frame logits (max by default, so frame probabilities
+stay calibrated), used to train the event head on event labels: ADIFF's unimodal stage.
+
+Mel front end: laion CLAP checkpoints were trained on librosa-style (Slaney) mel filters at 48 kHz / hop 480; our
+features use torchaudio's HTK filters at 32 kHz / hop 320. The frame rate (10 ms) and the 64 bins match, the filter
+shapes do not exactly, which the pretrained BatchNorm statistics will notice a little.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import ClapAudioConfig, ClapAudioModel, ClapConfig, ClapModel, PretrainedConfig
+from transformers.utils import ModelOutput
+
+from audiopair.config import EncoderConfig
+
+HEAD_WEIGHTS = "event_head.safetensors"
+HEAD_CONFIG = "event_head.json"
+
+
+def clap_audio_config(cfg: EncoderConfig) -> ClapAudioConfig:
+    """A ClapAudioConfig from our size fields (HTSAT defaults reproduce laion/clap-htsat-unfused's audio tower)."""
+    width = cfg.embed_dim * 2 ** (len(cfg.depths) - 1)
+    return ClapAudioConfig(
+        num_mel_bins=cfg.n_mels, spec_size=cfg.spec_size, patch_size=cfg.patch_size,
+        patch_stride=[cfg.patch_stride, cfg.patch_stride], window_size=cfg.window_size,
+        patch_embeds_hidden_size=cfg.embed_dim, depths=list(cfg.depths), num_attention_heads=list(cfg.heads),
+        hidden_size=width,  # only used by the init scale; keep it the true output width
+        num_hidden_layers=len(cfg.depths), enable_fusion=False, num_classes=cfg.num_classes,
+    )
+
+
+@dataclass
+class EncoderOutput(ModelOutput):
+    embedding: torch.Tensor | None = None  # (B, d_audio): the backbone's pooled output
+    frame_logits: torch.Tensor | None = None  # (B, T', K)
+    frame_probs: torch.Tensor | None = None  # (B, T', K): sigmoid(frame_logits), for the hallucination view
+    clip_logits: torch.Tensor | None = None  # (B, K): for training the head on clip-level event labels
+
+
+class EventHead(nn.Module):
+    """Per-frame event logits; clip logits by max or (per-class softmax) attention pooling over time."""
+
+    def __init__(self, dim: int, num_classes: int, pool: str = "max"):
+        super().__init__()
+        self.num_classes, self.pool = num_classes, pool
+        self.frame = nn.Linear(dim, num_classes)
+        self.attention = nn.Linear(dim, num_classes) if pool == "attention" else None
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.frame(frames)  # (B, T', K)
+        if self.attention is None:
+            return logits, logits.max(dim=1).values
+        weights = self.attention(frames).softmax(dim=1)  # where in time each class is decided
+        return logits, (weights * logits).sum(dim=1)
+
+
+class AudioEncoder(nn.Module):
+    """``ClapAudioModel`` + ``EventHead``. Build with ``from_config``; load/save with ``from_pretrained`` /
+    ``save_pretrained`` (the backbone through transformers' own format, the head as safetensors beside it)."""
+
+    def __init__(self, backbone: ClapAudioModel, num_classes: int, clip_pool: str = "max",
+                 frames: int | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.frames = frames
+        self.event_head = EventHead(self.dim, num_classes, clip_pool)
+
+    # ---- sizes
+    @property
+    def dim(self) -> int:
+        return self.backbone.audio_encoder.num_features
+
+    @property
+    def n_mels(self) -> int:
+        return self.backbone.config.num_mel_bins
+
+    @property
+    def spec_frames(self) -> int:
+        """Time frames the Swin image holds: spec_size * freq_ratio (1024 for HTSAT)."""
+        enc = self.backbone.audio_encoder
+        return enc.spec_size * enc.freq_ratio
+
+    # ---- input
+    def fit(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, n_mels, T)`` dB -> ``(B, 1, spec_frames, n_mels)`` as ClapAudioModel wants.
+
+        Time is first cropped (from the start: random crops are the data loader's job) or repeat-padded to
+        ``frames`` (CLAP's "repeat" padding), then resized to the Swin width with the same bicubic interpolation
+        ClapAudioModel applies to short inputs (it refuses long ones, so we resize those ourselves).
+        """
+        if features.ndim != 3 or features.shape[1] != self.n_mels:
+            raise ValueError(
+                f"encoder expects log-mel features (batch, {self.n_mels}, frames), got {tuple(features.shape)}; "
+                "model.encoder.n_mels must equal dataset.features.n_mels"
+            )
+        x = features.to(self.backbone.dtype)
+        if self.frames is not None:
+            t = x.shape[-1]
+            if t < self.frames:
+                x = x.repeat(1, 1, -(-self.frames // t))
+            x = x[..., : self.frames]
+        x = x.transpose(1, 2).unsqueeze(1)  # (B, 1, T, n_mels)
+        if x.shape[2] != self.spec_frames:
+            x = F.interpolate(x, (self.spec_frames, self.n_mels), mode="bicubic", align_corners=True)
+        return x
+
+    def forward(self, features: torch.Tensor) -> EncoderOutput:
+        out = self.backbone(input_features=self.fit(features), return_dict=True)
+        # last_hidden_state is (B, C, freq', T') with time in order (ClapAudioEncoder regroups the Swin's
+        # freq_ratio time chunks); average out frequency to get one vector per time step.
+        frames = out.last_hidden_state.mean(dim=2).transpose(1, 2)  # (B, T', C)
+        frame_logits, clip_logits = self.event_head(frames)
+        return EncoderOutput(embedding=out.pooler_output, frame_logits=frame_logits,
+                             frame_probs=frame_logits.sigmoid(), clip_logits=clip_logits)
+
+    # ---- building and I/O
+    @classmethod
+    def from_config(cls, cfg: EncoderConfig) -> "AudioEncoder":
+        """``cfg.pretrained`` loaded, or a random encoder from the size fields, seeded by ``cfg.seed``."""
+        if cfg.pretrained:
+            enc = cls.from_pretrained(cfg.pretrained, num_classes=cfg.num_classes, clip_pool=cfg.clip_pool,
+                                      frames=cfg.frames)
+            if enc.n_mels != cfg.n_mels:
+                raise ValueError(f"encoder {cfg.pretrained} takes {enc.n_mels} mel bins but model.encoder.n_mels is "
+                                 f"{cfg.n_mels}; set dataset.features.n_mels and model.encoder.n_mels to {enc.n_mels}")
+            return enc
+        with torch.random.fork_rng(devices=[]):  # a fixed init without disturbing the caller's RNG
+            torch.manual_seed(cfg.seed)
+            return cls(ClapAudioModel(clap_audio_config(cfg)), cfg.num_classes, cfg.clip_pool, cfg.frames)
+
+    @classmethod
+    def from_pretrained(cls, path: str, num_classes: int | None = None, clip_pool: str = "max",
+                        frames: int | None | str = "saved") -> "AudioEncoder":
+        """A folder or hub id holding a ClapAudioModel (ours, with ``event_head.*`` beside it) or a full ClapModel
+        (e.g. ``laion/clap-htsat-unfused``: its audio tower is taken). A saved event head is reused when its class
+        count matches ``num_classes`` (or ``num_classes`` is None); otherwise a fresh head is made. ``frames="saved"``
+        keeps the time fit saved with the head (else 1001, HTSAT's 10 s)."""
+        # AutoConfig does not know "clap_audio_model", so read the raw config to see which of the two it is
+        kind = PretrainedConfig.get_config_dict(path)[0].get("model_type")
+        if kind == ClapConfig.model_type:
+            backbone = ClapModel.from_pretrained(path).audio_model
+        elif kind == ClapAudioConfig.model_type:
+            backbone = ClapAudioModel.from_pretrained(path)
+        else:
+            raise ValueError(f"{path} holds a {kind!r} model, not a CLAP / HTSAT audio model")
+        folder = Path(path)
+        saved = json.loads((folder / HEAD_CONFIG).read_text()) if (folder / HEAD_CONFIG).is_file() else {}
+        if frames == "saved":
+            frames = saved.get("frames", 1001)
+        # reuse the saved head unless another label set is asked for
+        reuse = bool(saved) and (folder / HEAD_WEIGHTS).is_file() and num_classes in (None, saved["num_classes"])
+        if reuse:
+            num_classes, clip_pool = saved["num_classes"], saved["clip_pool"]
+        enc = cls(backbone, num_classes or backbone.config.num_classes, clip_pool, frames)
+        if reuse:
+            enc.event_head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        return enc
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.backbone.save_pretrained(folder)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.event_head.state_dict().items()},
+                  str(folder / HEAD_WEIGHTS))
+        head = {"num_classes": self.event_head.num_classes, "clip_pool": self.event_head.pool, "frames": self.frames}
+        (folder / HEAD_CONFIG).write_text(json.dumps(head, indent=2) + "\n")

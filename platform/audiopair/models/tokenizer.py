@@ -1,0 +1,75 @@
+"""GPT-2 tokenizers: load one (hub id or folder), or train a small byte-level BPE on the demo's own texts.
+
+The demo trains its tokenizer on its captions and targets so a tiny GPT-2 gets a small vocabulary (and a small
+embedding table) while staying byte-level: any text still encodes. ``<|endoftext|>`` is the only special token and
+serves as bos / eos / unk / pad, exactly as in GPT-2's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from transformers import GPT2TokenizerFast
+
+EOS = "<|endoftext|>"
+
+
+def load_tokenizer(path_or_id: str | os.PathLike) -> GPT2TokenizerFast:
+    tok = GPT2TokenizerFast.from_pretrained(str(path_or_id))
+    if tok.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.PathLike,
+                    min_frequency: int = 2) -> GPT2TokenizerFast:
+    """Byte-level BPE (GPT-2's scheme) trained on ``texts``, saved as a GPT2TokenizerFast folder and returned."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is ever unknown
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+def encode_prompts(tokenizer, prompts: list[str], prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of shape ``(B, prompt_len)``: truncated, right-padded with eos, mask 0 on padding."""
+    ids = torch.full((len(prompts), prompt_len), tokenizer.eos_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), prompt_len), dtype=torch.long)
+    for i, text in enumerate(prompts):
+        t = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_len]
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
+    return ids, mask
+
+
+def encode_answers(tokenizer, answers: list[str], max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of the targets with eos appended (the model learns to stop), right-padded with eos (mask 0).
+
+    An answer longer than ``max_len`` is cut and gets no eos: it did not end there, so the model should not learn to
+    stop there."""
+    rows = []
+    for text in answers:
+        t = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(t[:max_len] if max_len else t)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.eos_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, t in enumerate(rows):
+        ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        mask[i, : len(t)] = 1
+    return ids, mask
