@@ -229,6 +229,50 @@ class AdiffModelConfig(Section):
         return self
 
 
+# ---- training
+class StageConfig(Section):
+    """One training stage (ADIFF §3.3): how long, how fast, which schedule."""
+
+    name: Literal["grounding", "finetune"] = "grounding"
+    epochs: int = Field(30, ge=0)  # ADIFF App. G: 30 epochs of grounding, <= 10 of finetuning
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: float = Field(0.05, ge=0)  # < 1: a fraction of the stage's steps; >= 1: steps
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    step_every: int = Field(0, ge=0)  # schedule=step: multiply the LR by 0.5 every this many steps
+
+
+class TrainConfig(Section):
+    """Ray Train + DeepSpeed settings shared by the training jobs."""
+
+    storage_path: str = "work/runs"  # local folder, NFS path or s3:// / gs:// URI for checkpoints
+    run_name: str = "adiff-demo"  # a restarted job with the same name resumes from its last checkpoint
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    micro_batch: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    max_answer_tokens: int = Field(64, ge=4)
+    seed: int = 0
+    max_failures: int = Field(2, ge=0)  # worker failures survived per stage (FailureConfig)
+    keep_checkpoints: int = Field(2, ge=1)
+    task_weights: dict[str, float] = {"adiff": 1.0, "position": 1.0}  # ADIFF tiers + position captioning (§5.4)
+    stages: list[StageConfig] = [
+        StageConfig(name="grounding", epochs=30, lr=1e-4),
+        StageConfig(name="finetune", epochs=10, lr=1e-6, schedule="cosine"),
+    ]
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"no stage {name!r} in train.stages; have {[s.name for s in self.stages]}")
+
+
 # --------------------------------------------------------------------------------------------- root
 class Config(Section):
     """Root of every job's config. Later issues add model / train / evaluate sections."""
@@ -236,6 +280,7 @@ class Config(Section):
     work_dir: str = "work"
     dataset: DatasetConfig = DatasetConfig()
     model: AdiffModelConfig = AdiffModelConfig()
+    train: TrainConfig = TrainConfig()
 
 
 # --------------------------------------------------------------------------------------------- loading

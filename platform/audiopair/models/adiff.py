@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ClapAudioConfig, ClapAudioModel, GPT2Config, GPT2LMHeadModel
 from transformers.utils import ModelOutput
@@ -330,7 +330,7 @@ def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{WEIGHTS}.tmp"
-    save_model(model, str(tmp))
+    save_file(_unshared_state(model), str(tmp))
     os.replace(tmp, folder / WEIGHTS)
     head = model.encoder.event_head
     atomic_write_json(folder / META, {
@@ -346,6 +346,22 @@ def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None
     return folder
 
 
+def _tied_names(model: nn.Module) -> set[str]:
+    """State-dict names that alias an earlier tensor (GPT-2's lm_head is its token embedding)."""
+    seen, tied = set(), set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+        (tied.add(name) if key in seen else seen.add(key))
+    return tied
+
+
+def _unshared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with tied aliases dropped and every tensor made its own contiguous copy: DeepSpeed ZeRO
+    flattens parameters into one buffer, and safetensors (rightly) refuses views into shared storage."""
+    tied = _tied_names(model)
+    return {k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
+
+
 def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = None,
                     device: str | torch.device = "cpu") -> AdiffModel:
     """The model saved in ``folder``. ``cfg`` (default: the saved one) may change what is not architecture
@@ -357,6 +373,11 @@ def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = No
     cfg = cfg or AdiffModelConfig.model_validate(meta["config"])
     model = AdiffModel(cfg, meta["vocab_size"], meta["separator_id"], meta["eos_id"],
                        lm_config=meta["lm_config"], encoder_config=meta["encoder_config"])
-    load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
+    state = load_file(str(folder / WEIGHTS), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    untied = set(missing) - _tied_names(model)
+    if untied or unexpected:
+        raise ValueError(f"{folder / WEIGHTS} does not match the model: missing {sorted(untied)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
     set_stage(model, meta.get("stage", 2))
     return model.to(device)

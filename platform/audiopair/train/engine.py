@@ -1,0 +1,224 @@
+"""The distributed training loop: Ray Train's TorchTrainer runs it on every worker, DeepSpeed drives the steps.
+
+A *recipe* (train/adiff.py, later the Qwen2-Audio finetune) supplies the pieces: build the model, the train and
+validation examples, a collate function, and how to save the model. This module owns what every recipe shares:
+the DeepSpeed engine (ZeRO stage, precision, micro-batch and accumulation from config), warmup + cosine / step
+schedules, sharding the examples per worker, per-epoch validation, ``ray.train.report`` with checkpoints, and
+resuming from the last checkpoint after a worker or driver failure.
+
+Checkpoint folder (one per reported epoch)::
+
+    model/                 the recipe's model files (safetensors, no pickle)
+    train_state_rank{r}.pt optimizer / scheduler / epoch / RNG of rank r (loaded with weights_only=True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Recipe:
+    """What a training job plugs into the loop. Every callable runs on the worker."""
+
+    build_model: Callable[[], torch.nn.Module]  # the model, with its trainable parameters set (stage)
+    train_examples: Callable[[], list]  # all training examples (the loop shards them by rank)
+    val_examples: Callable[[], list]
+    collate: Callable[[list], dict]  # examples -> keyword arguments of model.forward (tensors on CPU)
+    save_model: Callable[[torch.nn.Module, Path], None]  # write the model into a folder
+    load_model: Callable[[torch.nn.Module, Path], None]  # read it back into a built model
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0, step_every: int = 0, gamma: float = 0.5):
+    """Linear warmup, then cosine decay to ``min_ratio`` (``cosine``), multiplicative steps (``step``) or flat."""
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if schedule == "step" and step_every:
+            return gamma ** ((step - warmup) // step_every)
+        return 1.0
+
+    return f
+
+
+def deepspeed_config(tc, on_gpu: bool) -> dict:
+    """DeepSpeed's JSON config from ``TrainConfig``: fp32 on CPU, bf16 on GPU unless told otherwise."""
+    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and on_gpu)
+    return {
+        "train_micro_batch_size_per_gpu": tc.micro_batch,
+        "gradient_accumulation_steps": tc.grad_accum,
+        "gradient_clipping": tc.grad_clip,
+        "zero_optimization": {"stage": tc.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW: DeepSpeed's fused Adam needs CUDA
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def _batches(examples: list, rank: int, world: int, micro: int, epoch: int, seed: int, shuffle: bool):
+    """This rank's micro-batches for one epoch: a seeded shuffle, then every ``world``-th example, trimmed so every
+    rank takes the same number of steps (DeepSpeed's collectives need that)."""
+    order = list(range(len(examples)))
+    if shuffle:
+        random.Random(seed * 1000 + epoch).shuffle(order)
+    per_rank = len(order) // world
+    mine = order[rank : per_rank * world : world]
+    return [[examples[i] for i in mine[k : k + micro]] for k in range(0, len(mine) - micro + 1, micro)] or (
+        [[examples[i] for i in mine]] if mine else [])
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def train_loop(config: dict) -> None:
+    """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
+    TrainConfig dump, "stage": the stage's name, plus whatever the recipe factory reads}."""
+    import deepspeed
+    import ray.train
+
+    from audiopair.config import TrainConfig
+
+    tc = TrainConfig.model_validate(config["train"])
+    stage_cfg = tc.stage(config["stage"])
+    recipe: Recipe = config["recipe_factory"](config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(tc.seed + rank)
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+
+    model = recipe.build_model()
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    train_ex, val_ex = recipe.train_examples(), recipe.val_examples()
+    steps_per_epoch = max(1, len(train_ex) // (world * tc.micro_batch * tc.grad_accum))
+    total = steps_per_epoch * stage_cfg.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
+                                  betas=(0.9, 0.999))
+    warmup = stage_cfg.warmup_steps if stage_cfg.warmup_steps >= 1 else int(stage_cfg.warmup_steps * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(stage_cfg.schedule, warmup, total, stage_cfg.min_lr_ratio, stage_cfg.step_every))
+    engine, optimizer, _, sched = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=sched, config=deepspeed_config(tc, on_gpu),
+        dist_init_required=False)
+
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # a restarted worker or job: continue after the last reported epoch
+        with ckpt.as_directory() as d:
+            recipe.load_model(engine.module, Path(d) / "model")
+            progress = json.loads((Path(d) / "progress.json").read_text())
+            start_epoch = int(progress["epoch"]) + 1
+            files = [Path(d) / f"train_state_rank{r}.pt" for r in range(world)]
+            if progress.get("world") == world and all(f.exists() for f in files):
+                states = [load_train_state(f) for f in files]
+                # ZeRO's optimizer restores its partition from the list of every rank's state; plain ones from one
+                optimizer.load_state_dict([s["optimizer"] for s in states] if tc.zero_stage else states[rank]["optimizer"])
+                sched.load_state_dict(states[rank]["scheduler"])
+                torch.set_rng_state(states[rank]["torch_rng"])
+            # else: another world size; the weights resume, the optimizer state starts afresh
+
+    for epoch in range(start_epoch, stage_cfg.epochs):
+        engine.train()
+        t0, seen, losses = time.perf_counter(), 0, []
+        batches = _batches(train_ex, rank, world, tc.micro_batch, epoch, tc.seed, shuffle=True)
+        for i, micro in enumerate(batches):
+            out = engine(**_to(recipe.collate(micro), device))
+            engine.backward(out.loss)
+            engine.step()
+            losses.append(float(out.loss.detach()))
+            seen += len(micro)
+            fail = config.get("fail_at")  # fault injection for tests: [epoch, step, marker file]
+            if fail and (epoch, i) == (fail[0], fail[1]) and rank == world - 1 and not Path(fail[2]).exists():
+                Path(fail[2]).write_text(f"worker {rank} killed at epoch {epoch} step {i}")
+                os._exit(1)
+        train_seconds = time.perf_counter() - t0
+        val_loss = evaluate_loss(engine, recipe, val_ex, rank, world, tc.micro_batch, device)
+        metrics = {
+            "epoch": epoch, "stage": config["stage"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": val_loss, "lr": sched.get_last_lr()[0], "samples_per_s": seen * world / max(train_seconds, 1e-9),
+            "steps": len(batches), "start_epoch": start_epoch, "world": world,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                recipe.save_model(engine.module, Path(tmp) / "model")
+                (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "world": world}))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                        "torch_rng": torch.get_rng_state()}, Path(tmp) / f"train_state_rank{rank}.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
+def load_train_state(path: Path) -> dict:
+    """Optimizer / scheduler state with ``weights_only=True``: no arbitrary pickle. DeepSpeed's ZeRO optimizer state
+    holds a few of its own plain data classes, which are allow-listed by name, nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def evaluate_loss(engine, recipe: Recipe, examples: list, rank: int, world: int, micro: int, device) -> float:
+    """Mean validation loss over all ranks (each rank scores its share; an all-reduce averages)."""
+    engine.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    for micro_batch in _batches(examples, rank, world, micro, 0, 0, shuffle=False):
+        out = engine(**_to(recipe.collate(micro_batch), device))
+        total += torch.tensor([float(out.loss) * len(micro_batch), len(micro_batch)], dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        t = total.to(device)
+        torch.distributed.all_reduce(t)
+        total = t.cpu()
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_name: str, extra: dict | None = None):
+    """Run one stage on Ray Train; returns the ``Result`` (metrics, best/last checkpoint).
+
+    Restarting with the same ``run_name`` and ``storage_path`` resumes from the last reported checkpoint; a worker
+    that dies is replaced and resumes too (``FailureConfig(max_failures)``)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = train_cfg.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"recipe_factory": recipe_factory, "train": train_cfg.model_dump(mode="json"),
+                           "stage": stage, **(extra or {})},
+        scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
+                                     resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name, storage_path=storage,
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
+        ),
+    )
+    return trainer.fit()
