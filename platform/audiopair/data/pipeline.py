@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import logging
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -26,14 +25,12 @@ from typing import Callable
 
 from audiopair.config import DatasetConfig
 from audiopair.corpus import make_source
-from audiopair.data.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from audiopair.data.io import atomic_write_json, atomic_write_jsonl
 from audiopair.data.manifest import manifest_path, write_manifest
 from audiopair.data.plan import Plan, make_plan
 from audiopair.data.render import process_shard, set_single_thread, shard_name
 from audiopair.data.stats import dataset_stats
 from audiopair.tasks import examples as ex
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -268,6 +265,3 @@ def load_build(out_dir: str | Path) -> dict:
     if meta.get("status") != "done":
         raise BuildError(f"the dataset in {out_dir} is unfinished (status {meta.get('status')}); run the build again")
     return meta
-
-
-__all__ = ["BuildError", "BuildResult", "build_dataset", "ensure_ray", "load_build", "read_jsonl"]
