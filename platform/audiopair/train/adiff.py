@@ -42,12 +42,12 @@ class AudioBank:
     """Per-clip audio inputs for the model: frozen-encoder embeddings computed once, or log-mels when the encoder
     trains (then the model runs it each step)."""
 
-    def __init__(self, dataset_dir: str | Path, clip_ids: set[str], model, batch: int = 32):
+    def __init__(self, dataset_dir: str | Path, clip_ids: set[str], model, batch: int = 32, cache: bool = True):
         store = FeatureStore(dataset_dir)
         self.mels = {c: torch.from_numpy(store[c]) for c in sorted(clip_ids)}
         self.embeddings: dict[str, torch.Tensor] = {}
         encoder_frozen = not any(p.requires_grad for p in model.encoder.backbone.parameters())
-        if encoder_frozen:
+        if encoder_frozen and cache:
             ids = sorted(self.mels)
             model.encoder.eval()
             with torch.no_grad():
@@ -63,7 +63,7 @@ class AudioBank:
 
 def make_recipe(config: dict) -> Recipe:
     """Recipe factory run on each worker. ``config``: {"app": Config dump, "stage": 2|3 name, "init": folder|None,
-    "tokenizer": folder}."""
+    "tokenizer": folder, "cache_embeddings": True (False: the frozen encoder runs every step, for benchmarks)}."""
     cfg = Config.model_validate(config["app"])
     tok = load_tokenizer(config["tokenizer"])
     stage = config["stage"]
@@ -81,7 +81,8 @@ def make_recipe(config: dict) -> Recipe:
         if "bank" not in state:
             clips = {c for s in ("train", "val") for e in load_examples(cfg.dataset.output_dir, s, weights, 0)
                      for c in e["clips"]}
-            state["bank"] = AudioBank(cfg.dataset.output_dir, clips, state["model"])
+            state["bank"] = AudioBank(cfg.dataset.output_dir, clips, state["model"],
+                                      cache=config.get("cache_embeddings", True))
         return ex
 
     def collate(batch: list[dict]) -> dict:
