@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from audiopair.audio import AudioError, load_audio
 from audiopair.config import DatasetConfig, SourceConfig
+from audiopair.corpus.base import Clip
+
+
+def load_clip(clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray:
+    """A source clip's audio: synthesised for the demo bank, read from its file otherwise. Needs only the clip,
+    so Ray workers can load any source's clips without the source objects."""
+    if "synth" in clip.meta:
+        from audiopair.corpus.demo import synthesise
+
+        return synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)
+    if clip.path is None:
+        raise AudioError(None, f"clip {clip.id} has neither a file nor a synth recipe")
+    return load_audio(clip.path, sample_rate, seconds)
 
 
 def make_source(scfg: SourceConfig, dcfg: DatasetConfig):

@@ -1,13 +1,9 @@
-"""What every source of clips gives the builder: clips with captions, and a way to load their audio."""
+"""What every source of clips gives the builder: clips with captions (``corpus.load_clip`` loads their audio)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
-
-import numpy as np
-
-from audiopair.audio import load_audio
 
 Role = Literal["base", "event", "any"]
 
@@ -62,8 +58,6 @@ class Source(Protocol):
 
     def pairs(self) -> list[SourcePair]: ...
 
-    def load(self, clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray: ...
-
 
 class FileSource:
     """Shared behaviour of sources whose clips are audio files on disk."""
@@ -84,6 +78,3 @@ class FileSource:
     def pairs(self) -> list[SourcePair]:
         return list(self._pairs)
 
-    def load(self, clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray:
-        assert clip.path is not None, f"clip {clip.id} has no file"
-        return load_audio(clip.path, sample_rate, seconds)

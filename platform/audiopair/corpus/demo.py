@@ -382,6 +382,3 @@ class DemoSource:
 
     def pairs(self) -> list:
         return []
-
-    def load(self, clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray:
-        return synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)

@@ -11,23 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from audiopair.audio import AudioError, load_audio, mix_at_snr, write_audio
+from audiopair.audio import AudioError, mix_at_snr, write_audio
 from audiopair.config import DatasetConfig
+from audiopair.corpus import load_clip
 from audiopair.corpus.base import Clip
-from audiopair.corpus.demo import synthesise
 from audiopair.data import features as feats
 from audiopair.data.io import atomic_write_json
 from audiopair.tasks import facts as facts_mod
 from audiopair.tasks.edits import RenderItem
-
-
-def load_clip(clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray:
-    """A source clip's audio: synthesised for the demo bank, read from its file otherwise."""
-    if "synth" in clip.meta:
-        return synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)
-    if clip.path is None:
-        raise AudioError(None, f"clip {clip.id} has neither a file nor a synth recipe")
-    return load_audio(clip.path, sample_rate, seconds)
 
 
 def render(recipe: dict, clips: dict[str, Clip], cfg: DatasetConfig) -> tuple[np.ndarray, dict]:

@@ -319,6 +319,7 @@ def demo_label_csv(folder: str | Path, sample_rate: int = 16000, seconds: float 
     """
     from audiopair.audio import crop_or_pad, write_audio
     from audiopair.config import DemoBankConfig
+    from audiopair.corpus import load_clip
     from audiopair.corpus.demo import DemoSource
 
     if per_kind < 1:
@@ -335,7 +336,7 @@ def demo_label_csv(folder: str | Path, sample_rate: int = 16000, seconds: float 
         if i >= per_kind:
             continue
         taken[kind] = i + 1
-        x = src.load(clip, sample_rate, None)
+        x = load_clip(clip, sample_rate, None)
         if seconds is not None:
             x = crop_or_pad(x, int(round(seconds * sample_rate)))
         rel = f"audio/{kind}_{i:03d}.wav"
