@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml scripts/install_helm.sh
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) jobs/build_dataset.py
+	$(PY) jobs/train_adiff.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -24,7 +24,7 @@ from audiopair.config import load_config
 from audiopair.data.pipeline import build_dataset, ensure_ray
 from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples, make_recipe
-from audiopair.train.engine import _batches, fit
+from audiopair.train.engine import micro_batches, fit
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -41,7 +41,7 @@ def bare_loop(recipe, examples, micro: int, steps: int, lr: float) -> float:
     model = recipe.build_model()
     recipe.train_examples()  # builds the recipe's audio bank for this model (embeddings, or log-mels only)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    batches = _batches(examples, 0, 1, micro, 0, 0, shuffle=True)[: steps + 1]
+    batches = micro_batches(examples, 0, 1, micro, 0, 0, shuffle=True)[: steps + 1]
     model.train()
     t = 0.0
     for i, b in enumerate(batches):

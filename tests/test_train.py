@@ -7,7 +7,7 @@ import pytest
 from audiopair.config import load_config
 from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples, make_recipe
-from audiopair.train.engine import _batches, deepspeed_config, fit, lr_lambda
+from audiopair.train.engine import micro_batches, deepspeed_config, fit, lr_lambda
 from conftest import REPO, TINY
 
 TINY_MODEL = [
@@ -38,11 +38,11 @@ def test_lr_schedule_and_sharding():
     g = lr_lambda("step", warmup=0, total=100, step_every=10)
     assert g(9) == 1.0 and g(10) == 0.5 and g(25) == 0.25
     ex = list(range(23))
-    b0, b1 = _batches(ex, 0, 2, 4, epoch=0, seed=0, shuffle=True), _batches(ex, 1, 2, 4, epoch=0, seed=0, shuffle=True)
+    b0, b1 = micro_batches(ex, 0, 2, 4, epoch=0, seed=0, shuffle=True), micro_batches(ex, 1, 2, 4, epoch=0, seed=0, shuffle=True)
     assert len(b0) == len(b1) == 2  # equal step counts on every rank
     seen = [x for b in b0 + b1 for x in b]
     assert len(seen) == len(set(seen)) == 16  # disjoint shards
-    assert _batches(ex, 0, 2, 4, 1, 0, True) != b0  # reshuffled per epoch
+    assert micro_batches(ex, 0, 2, 4, 1, 0, True) != b0  # reshuffled per epoch
     cfg = load_config(None, ["train.zero_stage=2", "train.micro_batch=3", "train.grad_accum=4"]).train
     ds = deepspeed_config(cfg, on_gpu=False)
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 3
@@ -79,3 +79,19 @@ def test_killed_worker_is_replaced_and_training_resumes(tiny_dataset, tmp_path):
     # The replacement group resumed from a reported checkpoint (epoch 1's, or epoch 0's if the controller had not
     # registered the last report when the worker died), not from scratch.
     assert res.metrics["start_epoch"] >= 1
+
+
+def test_a_finished_stage_is_not_trained_again(tiny_dataset, tmp_path):
+    from audiopair.config import StageConfig
+    from audiopair.train.engine import finished_stage, fit_stage, local_dir
+
+    cfg, extra = _setup(tiny_dataset, tmp_path, "train.num_workers=1", "train.val_limit=5")
+    stage = StageConfig(name="grounding", epochs=1, lr=1e-3, micro_batch=16)
+    assert finished_stage(cfg.train, "once") is None
+    ckpt, metrics, result = fit_stage(make_recipe, cfg.train, "grounding", "once", {**extra, "stage": "grounding"},
+                                      stage)
+    assert result is not None and metrics["epoch"] == 0 and metrics["steps"] >= 1
+    assert (local_dir(ckpt) / "model" / "adiff.json").exists()
+    again, metrics2, result2 = fit_stage(make_recipe, cfg.train, "grounding", "once",
+                                         {**extra, "stage": "grounding"}, stage)
+    assert result2 is None and again.path == ckpt.path and metrics2 == metrics

@@ -233,7 +233,7 @@ class AdiffModelConfig(Section):
 class StageConfig(Section):
     """One training stage (ADIFF §3.3): how long, how fast, which schedule."""
 
-    name: Literal["grounding", "finetune"] = "grounding"
+    name: Literal["unimodal", "grounding", "finetune"] = "grounding"
     epochs: int = Field(30, ge=0)  # ADIFF App. G: 30 epochs of grounding, <= 10 of finetuning
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -241,6 +241,25 @@ class StageConfig(Section):
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     step_every: int = Field(0, ge=0)  # schedule=step: multiply the LR by 0.5 every this many steps
+    micro_batch: int | None = Field(None, ge=1)  # per worker; None: train.micro_batch
+
+
+class UnimodalConfig(Section):
+    """Stage 1, unimodal pretraining (ADIFF §3.3), for corpora without pretrained weights (the demo). At real scale it
+    stays off and ``model.encoder.pretrained`` / ``model.lm_pretrained`` name HTSAT and GPT-2.
+
+    On: a byte-level BPE tokenizer is trained on the training split's text, the encoder (``model.encoder`` sizes)
+    on the clips' event labels, and a GPT-2 (``model.lm_*`` sizes) on the training split's text cut to
+    ``lm_max_tokens`` (enough to learn the words and phrases; whole explanations are learnt in stages 2-3)."""
+
+    enabled: bool = False
+    vocab_size: int = Field(1024, ge=300)
+    encoder_epochs: int = Field(8, ge=1)
+    encoder_lr: float = Field(3e-3, gt=0)
+    lm_epochs: int = Field(1, ge=1)
+    lm_lr: float = Field(3e-3, gt=0)
+    lm_max_tokens: int = Field(64, ge=8)
+    encoder_micro_batch: int = Field(8, ge=1)  # small batches: more steps for a from-scratch encoder on few clips
 
 
 class TrainConfig(Section):
@@ -256,11 +275,18 @@ class TrainConfig(Section):
     micro_batch: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
+    val_limit: int | None = Field(None, ge=1)  # validate each epoch on a seeded sample of this many (None: all)
     max_answer_tokens: int = Field(64, ge=4)
     seed: int = 0
     max_failures: int = Field(2, ge=0)  # worker failures survived per stage (FailureConfig)
     keep_checkpoints: int = Field(2, ge=1)
     task_weights: dict[str, float] = {"adiff": 1.0, "position": 1.0}  # ADIFF tiers + position captioning (§5.4)
+    # the models train_adiff.py trains, one after another, each through every stage (§5.1 compares them)
+    variants: list[Literal["adiff", "baseline", "language_only"]] = ["adiff"]
+    # independent trainings run at once (stage 1's encoder and LM; the variants), each on num_workers workers:
+    # on a small machine two 1-worker runs overlap each other's start-up, on a cluster they fill more GPUs
+    parallel: int = Field(1, ge=1)
+    unimodal: UnimodalConfig = UnimodalConfig()
     stages: list[StageConfig] = [
         StageConfig(name="grounding", epochs=30, lr=1e-4),
         StageConfig(name="finetune", epochs=10, lr=1e-6, schedule="cosine"),
@@ -273,14 +299,42 @@ class TrainConfig(Section):
         raise KeyError(f"no stage {name!r} in train.stages; have {[s.name for s in self.stages]}")
 
 
+# ---- evaluation
+class DecodingConfig(Section):
+    """How generation decodes: greedy, beam search, or top-k / top-p / temperature sampling (seeded)."""
+
+    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    max_new_tokens: int = Field(64, ge=1)
+    num_beams: int = Field(4, ge=1)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    """Batch generation and scoring of a split's manifests."""
+
+    split: str = "test"
+    tasks: list[str] = ["adiff"]
+    limit: int | None = Field(None, ge=1)  # at most this many examples per task and tier (None: all)
+    batch_size: int = Field(32, ge=1)
+    num_actors: int = Field(0, ge=0)  # 0: generate in the job's process; N: a Ray Data actor pool of N models
+    gpus_per_actor: float = Field(0.0, ge=0)
+    metrics: list[str] = ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider", "fense", "vocab"]
+    decoding: DecodingConfig = DecodingConfig()
+
+
 # --------------------------------------------------------------------------------------------- root
 class Config(Section):
-    """Root of every job's config. Later issues add model / train / evaluate sections."""
+    """Root of every job's config: the dataset build, the model, its training and its evaluation."""
 
-    work_dir: str = "work"
+    work_dir: str = "work"  # MLflow's local store (mlflow.db, mlartifacts) and reports go here
+    experiment: str = "audiopair"  # the MLflow experiment
     dataset: DatasetConfig = DatasetConfig()
     model: AdiffModelConfig = AdiffModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -250,6 +250,7 @@ class AdiffModel(nn.Module):
         if answer_mask is None:
             answer_mask = torch.ones_like(answer_ids)
         b, p = prefix.shape[:2]
+        self._check_length(p + answer_ids.shape[1], "answer tokens (train.max_answer_tokens)")
         x = torch.cat([prefix, self.lm.get_input_embeddings()(answer_ids)], dim=1)
         attn = torch.cat([answer_mask.new_ones(b, p), answer_mask], dim=1)
         hidden = self.lm.transformer(inputs_embeds=x, attention_mask=attn, use_cache=False).last_hidden_state
@@ -268,10 +269,18 @@ class AdiffModel(nn.Module):
         ``generate`` (KV cache): greedy by default; ``num_beams``; ``do_sample`` with ``top_k`` / ``top_p`` /
         ``temperature`` (the paper decodes with top-k / top-p). Call ``model.eval()`` first."""
         prefix = self.prefix(audio1, audio2, prompt_ids, prompt_mask)
+        self._check_length(prefix.shape[1] + max_new_tokens, "max_new_tokens")
         attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         decoding.setdefault("do_sample", False)
         return self.lm.generate(inputs_embeds=prefix, attention_mask=attn, max_new_tokens=max_new_tokens,
                                 eos_token_id=self.eos_id, pad_token_id=self.eos_id, **decoding)
+
+
+    def _check_length(self, n: int, what: str) -> None:
+        limit = self.lm.config.n_positions
+        if n > limit:
+            raise ValueError(f"prefix ({self.prefix_tokens} tokens) + {what} = {n} exceeds the LM's {limit} positions; "
+                             "shorten the answers or use an LM with more positions (model.lm_positions)")
 
 
 def _fit(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:

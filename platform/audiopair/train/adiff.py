@@ -7,6 +7,7 @@ embeddings once per worker, so the epochs do not re-run it (the encoder runs eve
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from audiopair.data.features import FeatureStore
 from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
 from audiopair.models.tokenizer import encode_answers, encode_prompts, load_tokenizer
-from audiopair.train.engine import Recipe
+from audiopair.train.engine import Recipe, local_dir
+from audiopair.train.pretrain import LABELS
 
 
 def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int) -> list[dict]:
@@ -62,16 +64,29 @@ class AudioBank:
 
 
 def make_recipe(config: dict) -> Recipe:
-    """Recipe factory run on each worker. ``config``: {"app": Config dump, "stage": 2|3 name, "init": folder|None,
-    "tokenizer": folder, "cache_embeddings": True (False: the frozen encoder runs every step, for benchmarks)}."""
+    """Recipe factory run on each worker. ``config``: {"app": Config dump, "stage": 2|3 name, "init": the previous
+    stage's checkpoint (a Ray Checkpoint or an ADIFF model folder) or None, "tokenizer": hub id or folder,
+    "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings": True (False: the
+    frozen encoder runs every step, for benchmarks)}."""
     cfg = Config.model_validate(config["app"])
-    tok = load_tokenizer(config["tokenizer"])
+    tok_ref = config["tokenizer"]
+    if config.get("pretrained"):  # the demo's own stage-1 encoder and LM, loaded as HTSAT and GPT-2 would be
+        enc, lm = local_dir(config["pretrained"]["encoder"]) / "model", local_dir(config["pretrained"]["lm"]) / "model"
+        classes = len(json.loads((enc / LABELS).read_text()))
+        cfg.model = cfg.model.model_copy(update={
+            "lm_pretrained": str(lm),
+            "encoder": cfg.model.encoder.model_copy(update={"pretrained": str(enc), "num_classes": classes})})
+        tok_ref = lm
+    tok = load_tokenizer(tok_ref)
+    init = config.get("init")
+    if init is not None and not isinstance(init, (str, Path)):
+        init = local_dir(init) / "model"
     stage = config["stage"]
     weights = cfg.train.task_weights
     state: dict = {}
 
     def build():
-        model = load_checkpoint(config["init"], cfg.model) if config.get("init") else build_model(cfg.model, tok)
+        model = load_checkpoint(init, cfg.model) if init else build_model(cfg.model, tok)
         set_stage(model, stage)
         state["model"] = model
         return model
@@ -100,4 +115,75 @@ def make_recipe(config: dict) -> Recipe:
         saved = load_checkpoint(folder, cfg.model)
         model.load_state_dict(saved.state_dict())
 
-    return Recipe(build, lambda: examples("train"), lambda: examples("val"), collate, save, load)
+    return Recipe(build, lambda: examples("train"), lambda: examples("val"), collate, save, load,
+                  length=lambda e: len(e["target"]))
+
+
+# ---------------------------------------------------------------------------------------------- the whole schedule
+def train_adiff(cfg: Config, say=print) -> dict:
+    """Every stage of every ``train.variants`` model; returns ``{variant: final checkpoint}``.
+
+    Stage 1 (``train.unimodal.enabled``, the demo) trains the encoder and the LM once, shared by the variants; then
+    each variant runs ``train.stages`` (grounding, finetune), each from the previous stage's checkpoint. Independent
+    trainings (the encoder and the LM; the variants) run ``train.parallel`` at a time. Each stage is an MLflow child
+    run of the active run (one run per variant holds its stages). A stage that completed under the same
+    ``train.run_name`` is not trained again and an interrupted one resumes: re-running the job continues it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+
+    from audiopair import tracking
+    from audiopair.config import StageConfig
+    from audiopair.train.engine import fit_stage
+    from audiopair.train.pretrain import make_encoder_recipe, make_lm_recipe
+
+    tc, name, app = cfg.train, cfg.train.run_name, cfg.model_dump(mode="json")
+    # workers run in their own working directories: hand them an absolute dataset path
+    app["dataset"]["output_dir"] = str(Path(cfg.dataset.output_dir).resolve())
+    active = mlflow.active_run()
+    job_run = active.info.run_id if active else None
+
+    def stage(recipe, stage_name: str, run: str, extra: dict, stage_cfg: StageConfig, parent: str | None):
+        say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
+        with tracking.run(run.removeprefix(f"{name}-"), parent=parent, tags={"stage": stage_name}):
+            mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
+            ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
+            if result is not None:
+                tracking.log_epochs(result)
+            mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
+                                if k in ("train_loss", "val_loss", "samples_per_s", "setup_s")})
+            mlflow.set_tag("checkpoint", ckpt.path)
+        say(f"[{run}] train loss {metrics.get('train_loss', float('nan')):.3f}, "
+            f"val loss {metrics.get('val_loss', float('nan')):.3f}")
+        return ckpt
+
+    def at_once(jobs: list) -> list:
+        with ThreadPoolExecutor(max_workers=tc.parallel) as pool:
+            return [f.result() for f in [pool.submit(job) for job in jobs]]
+
+    pretrained, tokenizer = None, cfg.model.lm_pretrained
+    if tc.unimodal.enabled:
+        u = tc.unimodal
+        enc_stage = StageConfig(name="unimodal", epochs=u.encoder_epochs, lr=u.encoder_lr, weight_decay=0.01,
+                                micro_batch=u.encoder_micro_batch)
+        lm_stage = StageConfig(name="unimodal", epochs=u.lm_epochs, lr=u.lm_lr)
+        enc, lm = at_once([
+            lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"app": app}, enc_stage, job_run),
+            lambda: stage(make_lm_recipe, "unimodal", f"{name}-unimodal-lm", {"app": app, "tokenizer": None},
+                          lm_stage, job_run),
+        ])
+        pretrained = {"encoder": enc, "lm": lm}
+    elif not tokenizer:
+        raise ValueError("model.lm_pretrained is empty and train.unimodal.enabled is false: nothing says which "
+                         "tokenizer to use; name a GPT-2 (hub id or folder) or enable stage 1")
+
+    def variant_stages(variant: str):
+        vapp = {**app, "model": {**app["model"], "variant": variant}}
+        with tracking.run(variant, parent=job_run, tags={"variant": variant}) as vrun:
+            init = None
+            for s in tc.stages:
+                extra = {"app": vapp, "stage": s.name, "init": init, "tokenizer": tokenizer, "pretrained": pretrained}
+                init = stage(make_recipe, s.name, f"{name}-{variant}-{s.name}", extra, s, vrun.info.run_id)
+        return init
+
+    return dict(zip(tc.variants, at_once([lambda v=v: variant_stages(v) for v in tc.variants])))

@@ -38,6 +38,7 @@ class Recipe:
     collate: Callable[[list], dict]  # examples -> keyword arguments of model.forward (tensors on CPU)
     save_model: Callable[[torch.nn.Module, Path], None]  # write the model into a folder
     load_model: Callable[[torch.nn.Module, Path], None]  # read it back into a built model
+    length: Callable[[object], int] | None = None  # an example's rough length: batches group similar lengths
 
 
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0, step_every: int = 0, gamma: float = 0.5):
@@ -56,11 +57,11 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0, st
     return f
 
 
-def deepspeed_config(tc, on_gpu: bool) -> dict:
+def deepspeed_config(tc, on_gpu: bool, micro_batch: int | None = None) -> dict:
     """DeepSpeed's JSON config from ``TrainConfig``: fp32 on CPU, bf16 on GPU unless told otherwise."""
     bf16 = tc.precision == "bf16" or (tc.precision == "auto" and on_gpu)
     return {
-        "train_micro_batch_size_per_gpu": tc.micro_batch,
+        "train_micro_batch_size_per_gpu": micro_batch or tc.micro_batch,
         "gradient_accumulation_steps": tc.grad_accum,
         "gradient_clipping": tc.grad_clip,
         "zero_optimization": {"stage": tc.zero_stage},
@@ -77,16 +78,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(examples: list, rank: int, world: int, micro: int, epoch: int, seed: int, shuffle: bool):
+def micro_batches(examples: list, rank: int, world: int, micro: int, epoch: int, seed: int, shuffle: bool,
+                  length: Callable[[object], int] | None = None, window: int = 32) -> list[list]:
     """This rank's micro-batches for one epoch: a seeded shuffle, then every ``world``-th example, trimmed so every
-    rank takes the same number of steps (DeepSpeed's collectives need that)."""
+    rank takes the same number of steps (DeepSpeed's collectives need that).
+
+    With ``length`` (an example's token length, roughly), examples are grouped by length: sorted within windows of
+    ``window`` micro-batches, batched, and the batches shuffled again. Answers of very different lengths (ADIFF's
+    tier 1 vs tier 3: 40 vs 190 tokens) then rarely share a batch, which halves the padding the model computes on,
+    while every epoch still sees a fresh, random order of batches."""
     order = list(range(len(examples)))
     if shuffle:
         random.Random(seed * 1000 + epoch).shuffle(order)
     per_rank = len(order) // world
     mine = order[rank : per_rank * world : world]
-    return [[examples[i] for i in mine[k : k + micro]] for k in range(0, len(mine) - micro + 1, micro)] or (
-        [[examples[i] for i in mine]] if mine else [])
+    if length is not None:
+        span = micro * window
+        mine = [i for k in range(0, len(mine), span) for i in sorted(mine[k : k + span], key=lambda i: length(examples[i]))]
+    groups = [mine[k : k + micro] for k in range(0, len(mine) - micro + 1, micro)] or ([mine] if mine else [])
+    if length is not None and shuffle:
+        random.Random(seed * 1000 + epoch + 1).shuffle(groups)
+    return [[examples[i] for i in g] for g in groups]
 
 
 def _to(batch: dict, device) -> dict:
@@ -99,10 +111,12 @@ def train_loop(config: dict) -> None:
     import deepspeed
     import ray.train
 
-    from audiopair.config import TrainConfig
+    from audiopair.config import StageConfig, TrainConfig
 
+    started = time.perf_counter()
     tc = TrainConfig.model_validate(config["train"])
-    stage_cfg = tc.stage(config["stage"])
+    stage_cfg = StageConfig.model_validate(config["stage_config"]) if config.get("stage_config") else \
+        tc.stage(config["stage"])
     recipe: Recipe = config["recipe_factory"](config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -113,7 +127,10 @@ def train_loop(config: dict) -> None:
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     train_ex, val_ex = recipe.train_examples(), recipe.val_examples()
-    steps_per_epoch = max(1, len(train_ex) // (world * tc.micro_batch * tc.grad_accum))
+    if tc.val_limit and len(val_ex) > tc.val_limit:  # the same sample every epoch, so the losses compare
+        val_ex = random.Random(tc.seed).sample(val_ex, tc.val_limit)
+    micro = stage_cfg.micro_batch or tc.micro_batch
+    steps_per_epoch = max(1, len(train_ex) // (world * micro * tc.grad_accum))
     total = steps_per_epoch * stage_cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage_cfg.lr, weight_decay=stage_cfg.weight_decay,
@@ -122,7 +139,7 @@ def train_loop(config: dict) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(stage_cfg.schedule, warmup, total, stage_cfg.min_lr_ratio, stage_cfg.step_every))
     engine, optimizer, _, sched = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=sched, config=deepspeed_config(tc, on_gpu),
+        model=model, optimizer=optimizer, lr_scheduler=sched, config=deepspeed_config(tc, on_gpu, micro),
         dist_init_required=False)
 
     start_epoch = 0
@@ -141,26 +158,29 @@ def train_loop(config: dict) -> None:
                 torch.set_rng_state(states[rank]["torch_rng"])
             # else: another world size; the weights resume, the optimizer state starts afresh
 
+    setup_s = time.perf_counter() - started  # model, examples, embedding cache, DeepSpeed: paid once per stage
     for epoch in range(start_epoch, stage_cfg.epochs):
         engine.train()
         t0, seen, losses = time.perf_counter(), 0, []
-        batches = _batches(train_ex, rank, world, tc.micro_batch, epoch, tc.seed, shuffle=True)
-        for i, micro in enumerate(batches):
-            out = engine(**_to(recipe.collate(micro), device))
+        batches = micro_batches(train_ex, rank, world, micro, epoch, tc.seed, shuffle=True,
+                                length=recipe.length)
+        for i, batch in enumerate(batches):
+            out = engine(**_to(recipe.collate(batch), device))
             engine.backward(out.loss)
             engine.step()
             losses.append(float(out.loss.detach()))
-            seen += len(micro)
+            seen += len(batch)
             fail = config.get("fail_at")  # fault injection for tests: [epoch, step, marker file]
             if fail and (epoch, i) == (fail[0], fail[1]) and rank == world - 1 and not Path(fail[2]).exists():
                 Path(fail[2]).write_text(f"worker {rank} killed at epoch {epoch} step {i}")
                 os._exit(1)
         train_seconds = time.perf_counter() - t0
-        val_loss = evaluate_loss(engine, recipe, val_ex, rank, world, tc.micro_batch, device)
+        val_loss = evaluate_loss(engine, recipe, val_ex, rank, world, micro, device)
         metrics = {
             "epoch": epoch, "stage": config["stage"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val_loss, "lr": sched.get_last_lr()[0], "samples_per_s": seen * world / max(train_seconds, 1e-9),
-            "steps": len(batches), "start_epoch": start_epoch, "world": world,
+            "steps": len(batches), "start_epoch": start_epoch, "world": world, "setup_s": setup_s,
+            "epoch_s": time.perf_counter() - t0, "reported_at": time.time(), "loop_started_at": time.time() - (time.perf_counter() - started),
         }
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
@@ -188,7 +208,7 @@ def evaluate_loss(engine, recipe: Recipe, examples: list, rank: int, world: int,
     """Mean validation loss over all ranks (each rank scores its share; an all-reduce averages)."""
     engine.eval()
     total = torch.zeros(2, dtype=torch.float64)
-    for micro_batch in _batches(examples, rank, world, micro, 0, 0, shuffle=False):
+    for micro_batch in micro_batches(examples, rank, world, micro, 0, 0, shuffle=False, length=recipe.length):
         out = engine(**_to(recipe.collate(micro_batch), device))
         total += torch.tensor([float(out.loss) * len(micro_batch), len(micro_batch)], dtype=torch.float64)
     if torch.distributed.is_initialized():
@@ -198,9 +218,11 @@ def evaluate_loss(engine, recipe: Recipe, examples: list, rank: int, world: int,
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
 
-def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_name: str, extra: dict | None = None):
+def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_name: str, extra: dict | None = None,
+        stage_cfg=None):
     """Run one stage on Ray Train; returns the ``Result`` (metrics, best/last checkpoint).
 
+    ``stage_cfg`` (a ``StageConfig``) overrides ``train_cfg.stage(stage)`` (stage 1's trainings use their own).
     Restarting with the same ``run_name`` and ``storage_path`` resumes from the last reported checkpoint; a worker
     that dies is replaced and resumes too (``FailureConfig(max_failures)``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -212,7 +234,8 @@ def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_nam
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"recipe_factory": recipe_factory, "train": train_cfg.model_dump(mode="json"),
-                           "stage": stage, **(extra or {})},
+                           "stage": stage, "stage_config": stage_cfg.model_dump() if stage_cfg else None,
+                           **(extra or {})},
         scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
                                      resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -222,3 +245,64 @@ def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_nam
         ),
     )
     return trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------- stage results
+_LOCAL: dict[str, Path] = {}
+
+
+def local_dir(ref) -> Path:
+    """A checkpoint reference as a local folder: a path as is, a ``ray.train.Checkpoint`` on local disk as its path,
+    one on S3 / GCS downloaded once per process. Workers get references from the driver and call this."""
+    import pyarrow.fs
+
+    if not hasattr(ref, "filesystem"):  # (a Checkpoint is os.PathLike too, but refuses to be used as one)
+        return Path(ref)
+
+    if isinstance(ref.filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(ref.path)
+    key = f"{ref.filesystem.type_name}:{ref.path}"
+    if key not in _LOCAL:
+        _LOCAL[key] = Path(ref.to_directory(tempfile.mkdtemp(prefix="audiopair_ckpt_")))
+    return _LOCAL[key]
+
+
+def _storage(train_cfg):
+    import pyarrow.fs
+
+    storage = train_cfg.storage_path
+    if "://" in storage:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    return pyarrow.fs.LocalFileSystem(), str(Path(storage).resolve())
+
+
+def finished_stage(train_cfg, run_name: str):
+    """``(checkpoint, metrics)`` of a stage that already completed under ``run_name`` (a re-run job skips it),
+    else None. The marker is written by :func:`fit_stage` beside Ray Train's own run folder."""
+    import pyarrow.fs
+    import ray.train
+
+    fs, root = _storage(train_cfg)
+    marker = f"{root}/{run_name}/audiopair_done.json"
+    if fs.get_file_info(marker).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(marker) as f:
+        done = json.loads(f.read().decode())
+    return ray.train.Checkpoint(done["checkpoint"], filesystem=fs), done["metrics"]
+
+
+def fit_stage(recipe_factory, train_cfg, stage: str, run_name: str, extra: dict | None = None, stage_cfg=None):
+    """:func:`fit`, once: ``(checkpoint, final metrics, Result or None)``. A completed stage (same run name and
+    storage) is not trained again; a stage that was interrupted resumes from its last epoch. Raises when training
+    failed for good."""
+    done = finished_stage(train_cfg, run_name)
+    if done:
+        return done[0], done[1], None
+    res = fit(recipe_factory, train_cfg, stage, run_name, extra, stage_cfg)
+    if res.error is not None:
+        raise RuntimeError(f"training stage {run_name!r} failed: {res.error}") from res.error
+    fs, root = _storage(train_cfg)
+    metrics = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float, str))}
+    with fs.open_output_stream(f"{root}/{run_name}/audiopair_done.json") as f:
+        f.write(json.dumps({"checkpoint": res.checkpoint.path, "metrics": metrics}).encode())
+    return res.checkpoint, metrics, res

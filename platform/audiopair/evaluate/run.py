@@ -1,0 +1,159 @@
+"""Evaluate a checkpoint on a split: generate, score per task and tier, log to MLflow, compare models in a table.
+
+``evaluate_checkpoint`` is what ``jobs/train_adiff.py`` and ``jobs/evaluate.py`` call for each model: it writes
+``scores.json`` and the predictions table into the active MLflow run, with metric keys
+``<dataset>/<task>/<tier or all>/<metric>``. ``comparison_table`` puts several models side by side in the shape of
+ADIFF's tables (one row per model and tier, one column per metric).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from audiopair.config import Config
+from audiopair.evaluate.generate import generate
+from audiopair.evaluate.score import ScoreReport, score_groups
+from audiopair.train.adiff import load_examples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """One model's scores: ``reports[task][group]`` (group: ``all``, ``tier1`` ...), its predictions, skipped ids."""
+
+    name: str
+    reports: dict[str, dict[str, ScoreReport]]
+    rows: list[dict]
+    skipped: list[str] = field(default_factory=list)
+
+    def value(self, task: str, group: str, metric: str) -> float | None:
+        rep = self.reports.get(task, {}).get(group)
+        return None if rep is None else rep.values.get(metric)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "skipped": self.skipped,
+                "reports": {t: {g: r.to_dict() for g, r in gs.items()} for t, gs in self.reports.items()}}
+
+
+def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit: int | None, seed: int = 0):
+    """Examples of ``tasks`` in ``split``; with ``limit``, a seeded sample of at most that many per task and tier."""
+    out = []
+    for task in tasks:
+        ex = load_examples(dataset_dir, split, {task: 1.0}, seed)
+        if limit:
+            rng = random.Random(seed)
+            by_tier: dict = {}
+            for e in ex:
+                by_tier.setdefault(e["tier"], []).append(e)
+            ex = [e for tier in sorted(by_tier, key=str) for e in
+                  (rng.sample(by_tier[tier], limit) if len(by_tier[tier]) > limit else by_tier[tier])]
+        out += ex
+    return out
+
+
+def _groups(rows: list[dict]) -> dict[str, list[int]]:
+    groups = {"all": list(range(len(rows)))}
+    for i, r in enumerate(rows):
+        if r.get("tier"):
+            groups.setdefault(f"tier{r['tier']}", []).append(i)
+    return groups
+
+
+def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflow: bool = True,
+                        say=print) -> Evaluation:
+    """Generate for ``cfg.evaluate``'s split and tasks with the model in ``model_dir``, score, and (into the active
+    MLflow run) log metrics, ``scores.json`` and the predictions table."""
+    ev = cfg.evaluate
+    examples = split_examples(cfg.dataset.output_dir, ev.split, ev.tasks, ev.limit)
+    say(f"[{name}] generating {len(examples)} {ev.split} examples ({ev.decoding.strategy}, batch {ev.batch_size})")
+    rows = generate(model_dir, cfg.dataset.output_dir, examples, ev.decoding, ev.batch_size, ev.num_actors,
+                    ev.gpus_per_actor)
+    skipped = [r["error"] for r in rows if r["error"]]
+    rows = [r for r in rows if not r["error"]]
+    reports: dict[str, dict[str, ScoreReport]] = {}
+    for task in ev.tasks:
+        mine = [r for r in rows if r["task"] == task]
+        if not mine:
+            continue
+        say(f"[{name}] scoring {len(mine)} {task} predictions")
+        reports[task] = score_groups([r["prediction"] for r in mine], [r["references"] for r in mine],
+                                     _groups(mine), ev.metrics)
+    result = Evaluation(name, reports, rows, skipped)
+    if log_mlflow:
+        _log(result, cfg)
+    return result
+
+
+def _log(result: Evaluation, cfg: Config) -> None:
+    import mlflow
+
+    from audiopair.tracking import log_predictions
+
+    dataset = cfg.dataset.name
+    for task, groups in result.reports.items():
+        for group, rep in groups.items():
+            mlflow.log_metrics(rep.mlflow_metrics(dataset, task, group))
+        first = next(iter(groups.values()))
+        for metric, why in first.unavailable.items():
+            mlflow.set_tag(f"unavailable.{metric}", why[:5000])
+    mlflow.log_metric(f"{dataset}/skipped_examples", len(result.skipped))
+    mlflow.log_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, allow_nan=False), "scores.json")
+    log_predictions(result.rows, f"predictions/{cfg.evaluate.split}.json")
+
+
+# ---------------------------------------------------------------------------------------------- comparison tables
+def comparison_rows(results: list[Evaluation], task: str, metrics: list[str]) -> list[list[str]]:
+    """Rows ``[group, model, metric values...]`` for ``task``, groups in tier order, models as given."""
+    groups = sorted({g for r in results for g in r.reports.get(task, {})}, key=lambda g: (g == "all", g))
+    rows = []
+    for g in groups:
+        for r in results:
+            vals = [r.value(task, g, m) for m in metrics]
+            rows.append([g, r.name] + ["-" if v is None else f"{v:.3f}" for v in vals])
+    return rows
+
+
+def comparison_table(results: list[Evaluation], task: str, metrics: list[str]) -> str:
+    """A Markdown table; metrics that did not run show ``-`` (see ``unavailable`` in scores.json for why)."""
+    head = ["group", "model"] + metrics
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(results, task, metrics)]
+    return "\n".join(lines)
+
+
+def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str], folder: str | Path,
+                 title: str) -> tuple[Path, Path]:
+    """``report.md``, ``report.html`` and ``scores.json`` in ``folder`` (written atomically): one table per task, the
+    metrics that did not run and why, and every model's full scores."""
+    from audiopair.data.io import atomic_write_text
+
+    folder = Path(folder)
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for task in tasks:
+        if not any(task in r.reports for r in results):
+            continue
+        md += [f"## {task}", "", comparison_table(results, task, metrics), ""]
+        rows = comparison_rows(results, task, metrics)
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in ["group", "model"] + metrics)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        body.append(f"<h2>{html.escape(task)}</h2><table border=1 cellpadding=4><tr>{cells}</tr>{trs}</table>")
+    missing = {m: why for r in results for gs in r.reports.values() for rep in gs.values()
+               for m, why in rep.unavailable.items()}
+    if missing:
+        md += ["## Not computed", ""] + [f"- **{m}**: {why}" for m, why in sorted(missing.items())] + [""]
+        body.append("<h2>Not computed</h2><ul>" + "".join(
+            f"<li><b>{html.escape(m)}</b>: {html.escape(w)}</li>" for m, w in sorted(missing.items())) + "</ul>")
+    md_path, html_path = folder / "report.md", folder / "report.html"
+    atomic_write_text(folder / "scores.json", json.dumps({r.name: r.to_dict() for r in results}, indent=2,
+                                                          sort_keys=True, allow_nan=False))
+    atomic_write_text(md_path, "\n".join(md))
+    atomic_write_text(html_path, "<!doctype html><meta charset=utf-8><title>" + html.escape(title) + "</title>"
+                      + "".join(body))
+    return md_path, html_path

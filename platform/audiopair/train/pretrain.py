@@ -1,0 +1,176 @@
+"""Stage 1, unimodal pretraining (ADIFF §3.3), for corpora without pretrained models: the demo.
+
+At real scale this stage is skipped: HTSAT (AudioSet-pretrained) and GPT-2 are loaded. The demo has no weights to
+download, so it makes its own:
+
+- ``make_encoder_recipe``: the tiny HTSAT learns the bank's event labels (every clip's scene and event kinds, read
+  from the builder's AC manifests), multi-label BCE on the event head's clip logits, backbone trained too;
+- ``make_lm_recipe``: a tiny GPT-2 learns the training split's text (captions, explanations, instructions: every
+  target of every task) with a byte-level BPE tokenizer trained on the same text (``train_corpus``).
+
+Both write ordinary ``from_pretrained`` folders, which stage 2 loads through ``model.encoder.pretrained`` and
+``model.lm_pretrained`` exactly as it loads ``laion/clap-htsat-unfused`` and ``gpt2``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.utils import ModelOutput
+
+from audiopair.config import Config
+from audiopair.data.features import FeatureStore
+from audiopair.data.manifest import manifest_path, read_manifest
+from audiopair.models.encoder import AudioEncoder
+from audiopair.models.tokenizer import load_tokenizer, train_tokenizer
+from audiopair.train.engine import Recipe
+
+LABELS = "labels.json"  # the event head's class names, beside the encoder's weights
+
+
+def clip_labels(dataset_dir: str | Path, split: str) -> dict[str, list[str]]:
+    """Every rendered clip of ``split`` -> its event labels (the AC manifest has one record per clip)."""
+    path = manifest_path(dataset_dir, "ac", split)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the encoder's stage 1 reads clip labels from the AC task")
+    out = {}
+    for r in read_manifest(path):
+        if not r.meta.get("labels"):
+            raise ValueError(f"{path}: record {r.id} has no meta.labels to pretrain the encoder on")
+        out[r.meta["clip"]] = list(r.meta["labels"])
+    return out
+
+
+def label_names(dataset_dir: str | Path) -> list[str]:
+    """The sorted label vocabulary of the training split."""
+    return sorted({label for labels in clip_labels(dataset_dir, "train").values() for label in labels})
+
+
+def train_corpus(dataset_dir: str | Path, tasks: list[str] | None = None) -> list[str]:
+    """The training split's texts (targets and prompts of every task), deduplicated in first-seen order."""
+    tasks = tasks or sorted({p.name.rsplit("_", 1)[0] for p in (Path(dataset_dir) / "manifests").glob("*_train.jsonl")})
+    texts: dict[str, None] = {}
+    for task in tasks:
+        for r in read_manifest(manifest_path(dataset_dir, task, "train")):
+            texts[r.target] = None
+            texts[r.prompt] = None
+    return list(texts)
+
+
+# ------------------------------------------------------------------------------------------- the encoder
+class EventTagger(nn.Module):
+    """The encoder with a multi-label loss on its clip logits, for the training loop."""
+
+    def __init__(self, encoder: AudioEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, mels: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
+        out = self.encoder(mels)
+        loss = None if targets is None else F.binary_cross_entropy_with_logits(out.clip_logits, targets)
+        return ModelOutput(loss=loss, clip_logits=out.clip_logits)
+
+
+def make_encoder_recipe(config: dict) -> Recipe:
+    """``config``: {"app": Config dump}. The encoder's size comes from ``model.encoder`` (``pretrained`` ignored),
+    its classes from the training split's labels."""
+    cfg = Config.model_validate(config["app"])
+    ds = cfg.dataset.output_dir
+    names = label_names(ds)
+    enc_cfg = cfg.model.encoder.model_copy(update={"pretrained": None, "num_classes": len(names)})
+    index = {n: i for i, n in enumerate(names)}
+    state: dict = {}
+
+    def examples(split: str) -> list[dict]:
+        return [{"clip": c, "labels": [index[x] for x in labels if x in index]}
+                for c, labels in sorted(clip_labels(ds, split).items())]
+
+    def collate(batch: list[dict]) -> dict:
+        store = state.setdefault("store", FeatureStore(ds))
+        targets = torch.zeros(len(batch), len(names))
+        for i, e in enumerate(batch):
+            targets[i, e["labels"]] = 1.0
+        return {"mels": torch.stack([torch.from_numpy(store[e["clip"]]) for e in batch]), "targets": targets}
+
+    def save(model, folder: Path) -> None:
+        model.encoder.save_pretrained(folder)
+        (folder / LABELS).write_text(json.dumps(names) + "\n")
+
+    def load(model, folder: Path) -> None:
+        model.encoder.load_state_dict(AudioEncoder.from_pretrained(str(folder)).state_dict())
+
+    return Recipe(lambda: EventTagger(AudioEncoder.from_config(enc_cfg)), lambda: examples("train"),
+                  lambda: examples("val"), collate, save, load)
+
+
+# ------------------------------------------------------------------------------------------- the language model
+def hash_seed(*parts) -> int:
+    return random.Random("|".join(map(str, parts))).randrange(1 << 31)
+
+
+def make_lm_recipe(config: dict) -> Recipe:
+    """``config``: {"app": Config dump, "tokenizer": folder, or None to train one here}. A GPT-2 of ``model.lm_*``
+    sizes, trained on the training split's texts (validated on the validation split's), each cut to
+    ``train.unimodal.lm_max_tokens``. The tokenizer is saved with the model.
+
+    Every worker trains the same tokenizer itself (BPE training is deterministic and takes a second or two), so no
+    file has to travel from the driver to the workers."""
+    cfg = Config.model_validate(config["app"])
+    m, ds, u = cfg.model, cfg.dataset.output_dir, cfg.train.unimodal
+    if config.get("tokenizer"):
+        tok = load_tokenizer(config["tokenizer"])
+    else:
+        tok = train_tokenizer(train_corpus(ds), u.vocab_size, tempfile.mkdtemp(prefix="audiopair_tok_"))
+    offset = 2 * m.prefix_len + m.prompt_len + 1  # where an ADIFF answer starts: after the prefix (121 at paper size)
+    max_len = min(m.lm_positions - offset, u.lm_max_tokens)
+
+    def build() -> GPT2LMHeadModel:
+        torch.manual_seed(cfg.train.seed)
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tok), n_positions=m.lm_positions, n_embd=m.lm_dim, n_layer=m.lm_layers, n_head=m.lm_heads,
+            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+
+    def examples(split: str) -> list[str]:
+        if split == "train":
+            return train_corpus(ds)
+        return sorted({r.target for p in (Path(ds) / "manifests").glob("*_val.jsonl") for r in read_manifest(p)})
+
+    calls = [0]
+
+    def collate(batch: list[str]) -> dict:
+        """Each text as a window of at most ``max_len`` tokens (a random one of a longer text), at the positions
+        its tokens will take after the ADIFF prefix: every position embedding the answers use gets trained, at the
+        cost of short sequences (tier-3 explanations run to ~230 tokens)."""
+        rng = random.Random(hash_seed(cfg.train.seed, calls[0]))
+        calls[0] += 1
+        rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in batch]
+        width = min(max_len, max(len(r) for r in rows))
+        ids = torch.full((len(rows), width), tok.eos_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            r = r[: m.lm_positions - offset]  # an answer never reaches past the LM's last position
+            start = rng.randrange(len(r) - max_len + 1) if len(r) > max_len else 0
+            window = r[start : start + max_len]
+            n = len(window)
+            ids[i, :n] = labels[i, :n] = torch.tensor(window)
+            mask[i, :n] = 1
+            pos[i] = torch.arange(width).add(offset + start)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "position_ids": pos}
+
+    def save(model, folder: Path) -> None:
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+
+    def load(model, folder: Path) -> None:
+        model.load_state_dict(GPT2LMHeadModel.from_pretrained(folder).state_dict())
+
+    return Recipe(build, lambda: examples("train"), lambda: examples("val"), collate, save, load, length=len)

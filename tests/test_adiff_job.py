@@ -1,0 +1,168 @@
+"""The pieces of jobs/train_adiff.py: stage-1 recipes, length-grouped batches, generation, scoring into MLflow,
+the comparison report, and resuming a finished stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from audiopair.config import DecodingConfig, load_config
+from audiopair.evaluate.generate import Generator, generate
+from audiopair.models.adiff import build_model, save_checkpoint
+from audiopair.models.tokenizer import train_tokenizer
+from audiopair.train.adiff import load_examples
+from audiopair.train.engine import micro_batches
+from audiopair.train.pretrain import clip_labels, label_names, make_encoder_recipe, make_lm_recipe, train_corpus
+from conftest import REPO, TINY
+from test_train import TINY_MODEL
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(tiny_dataset, tmp_path, *extra):
+    dcfg, _ = tiny_dataset
+    return load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + TINY_MODEL + [
+        f"dataset.output_dir={dcfg.dataset.output_dir}", f"train.storage_path={tmp_path / 'runs'}",
+        f"work_dir={tmp_path / 'work'}", "model.lm_positions=320", *extra])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_dataset, tmp_path_factory):
+    """A tiny random ADIFF checkpoint with its tokenizer, as the training job reports it."""
+    dcfg, _ = tiny_dataset
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + TINY_MODEL + ["model.lm_positions=320"])
+    tok = train_tokenizer(train_corpus(dcfg.dataset.output_dir), 400, tmp / "tok")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok)
+    save_checkpoint(model, tmp / "model", tokenizer=tok)
+    return tmp / "model"
+
+
+def test_micro_batches_group_lengths_and_keep_shards_equal():
+    rng = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in torch.randint(5, 200, (203,), generator=rng)]
+    ex = list(range(203))
+
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    plain = micro_batches(ex, 0, 2, 8, epoch=0, seed=0, shuffle=True)
+    grouped = [micro_batches(ex, r, 2, 8, epoch=0, seed=0, shuffle=True, length=lengths.__getitem__, window=4)
+               for r in (0, 1)]
+    assert len(grouped[0]) == len(grouped[1]) == len(plain) == 12  # equal step counts per rank
+    seen = [i for rank in grouped for b in rank for i in b]
+    assert len(seen) == len(set(seen)) == 192  # disjoint shards, nothing repeated
+    assert spread(grouped[0]) < spread(plain) / 3  # padding mostly gone
+    # batches are shuffled, not sorted globally: lengths go up and down from step to step
+    firsts = [lengths[b[0]] for b in grouped[0]]
+    assert firsts != sorted(firsts)
+    assert micro_batches(ex, 0, 2, 8, 1, 0, True, length=lengths.__getitem__) != grouped[0]  # a new order per epoch
+
+
+def test_encoder_recipe_reads_clip_labels(tiny_dataset, tmp_path):
+    cfg = _cfg(tiny_dataset, tmp_path)
+    ds = cfg.dataset.output_dir
+    labels = clip_labels(ds, "train")
+    names = label_names(ds)
+    assert names == sorted(names) and len(names) > 5
+    recipe = make_encoder_recipe({"app": cfg.model_dump(mode="json")})
+    model = recipe.build_model()
+    assert model.encoder.event_head.num_classes == len(names)
+    ex = recipe.train_examples()
+    assert {e["clip"] for e in ex} == set(labels)
+    batch = recipe.collate(ex[:4])
+    assert batch["mels"].shape[:2] == (4, 64)
+    for row, e in zip(batch["targets"], ex[:4]):  # multi-hot of exactly the clip's labels
+        assert {names[i] for i in row.nonzero().flatten().tolist()} == set(labels[e["clip"]])
+    out = model(**batch)
+    assert out.loss.ndim == 0 and out.clip_logits.shape == (4, len(names))
+    recipe.save_model(model, tmp_path / "enc")
+    assert json.loads((tmp_path / "enc" / "labels.json").read_text()) == names
+
+
+def test_lm_recipe_places_windows_after_the_prefix(tiny_dataset, tmp_path):
+    cfg = _cfg(tiny_dataset, tmp_path, "train.unimodal.lm_max_tokens=24", "train.unimodal.vocab_size=400")
+    recipe = make_lm_recipe({"app": cfg.model_dump(mode="json"), "tokenizer": None})
+    texts = recipe.train_examples()
+    assert len(texts) == len(set(texts)) > 50
+    long = max(texts, key=len)
+    batch = recipe.collate([long, "a dog barks"])
+    offset = 2 * cfg.model.prefix_len + cfg.model.prompt_len + 1
+    assert batch["input_ids"].shape[1] == 24  # the long text is cut to a window
+    assert batch["position_ids"][1, 0] == offset  # a short text starts where an answer starts
+    assert batch["position_ids"][0, 0] >= offset
+    assert (batch["position_ids"][0].diff() == 1).all() and batch["position_ids"].max() < 320
+    short = int(batch["attention_mask"][1].sum())
+    assert (batch["labels"][1, short:] == -100).all() and (batch["labels"][1, :short] >= 0).all()
+    model = recipe.build_model()
+    assert float(model(**batch).loss) > 0
+    recipe.save_model(model, tmp_path / "lm")
+    assert (tmp_path / "lm" / "config.json").exists() and (tmp_path / "lm" / "tokenizer.json").exists()
+
+
+def test_generation_is_batched_seeded_and_skips_bad_examples(tiny_dataset, checkpoint):
+    dcfg, _ = tiny_dataset
+    ds = dcfg.dataset.output_dir
+    ex = load_examples(ds, "test", {"adiff": 1.0}, 0)[:6]
+    greedy = DecodingConfig(max_new_tokens=12)
+    a = generate(checkpoint, ds, ex, greedy, batch_size=4)
+    b = generate(checkpoint, ds, ex, greedy, batch_size=3)
+    assert [r["prediction"] for r in a] == [r["prediction"] for r in b]  # batching does not change greedy output
+    assert all(r["prediction"] and not r["error"] for r in a)
+    sample = DecodingConfig(strategy="sample", max_new_tokens=12, top_k=20, top_p=0.95, temperature=1.5, seed=3)
+    s1 = [r["prediction"] for r in generate(checkpoint, ds, ex, sample, batch_size=6)]
+    s2 = [r["prediction"] for r in generate(checkpoint, ds, ex, sample, batch_size=6)]
+    s3 = [r["prediction"] for r in generate(checkpoint, ds, ex, sample.model_copy(update={"seed": 4}), batch_size=6)]
+    assert s1 == s2 and s1 != s3
+    beam = generate(checkpoint, ds, ex[:2], DecodingConfig(strategy="beam", num_beams=3, max_new_tokens=8))
+    assert len(beam) == 2 and all(r["prediction"] for r in beam)
+    bad = [dict(ex[0], id="broken", clips=["no/such/clip", ex[0]["clips"][1]])] + ex[1:3]
+    out = generate(checkpoint, ds, bad, greedy, batch_size=4)
+    assert "no/such/clip" in out[0]["error"] and out[0]["prediction"] == ""
+    assert [r["prediction"] for r in out[1:]] == [r["prediction"] for r in a[1:3]]
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        Generator(checkpoint / "tokenizer", ds)
+
+
+def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_path, monkeypatch):
+    import mlflow
+
+    from audiopair import tracking
+    from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tiny_dataset, tmp_path, "evaluate.metrics=[bleu_1, cider_d, spice, spider]", "evaluate.limit=3",
+               "evaluate.decoding.max_new_tokens=10")
+    uri = tracking.setup(cfg.work_dir, "test-eval")
+    assert uri == f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}"
+    with tracking.run("job") as parent:
+        tracking.log_config(cfg)
+        with tracking.run("adiff/evaluate", parent=parent.info.run_id):
+            ev = evaluate_checkpoint(checkpoint, cfg, "adiff", say=lambda m: None)
+    assert sorted(ev.reports["adiff"]) == ["all", "tier1", "tier2", "tier3"]
+    assert len(ev.rows) == 9 and not ev.skipped  # 3 per tier
+    client = mlflow.tracking.MlflowClient(uri)
+    child = client.search_runs([parent.info.experiment_id], "tags.mlflow.parentRunId = '%s'" % parent.info.run_id)
+    assert len(child) == 1
+    metrics = child[0].data.metrics
+    assert metrics["demo/adiff/tier2/cider_d"] == pytest.approx(ev.value("adiff", "tier2", "cider_d"))
+    assert "demo/adiff/all/bleu_1" in metrics
+    assert not any("spice" in k or "spider" in k for k in metrics)  # unavailable: not a zero
+    assert "unavailable.spice" in child[0].data.tags
+    assert client.get_run(parent.info.run_id).data.params["train.run_name"] == cfg.train.run_name
+    table = comparison_table([ev, ev], "adiff", ["cider_d", "spice"])
+    lines = table.splitlines()
+    assert lines[0] == "| group | model | cider_d | spice |" and len(lines) == 2 + 8
+    assert lines[2].startswith("| tier1 | adiff |") and lines[2].endswith("| - |")
+    md, html = write_report([ev], ["adiff"], ["cider_d", "spice"], tmp_path / "report", "t")
+    assert "## Not computed" in md.read_text() and "<table" in html.read_text()
