@@ -32,8 +32,10 @@ def test_demo_job_trains_and_adiff_beats_language_only(tmp_path):
     cider = {m: {g: r["values"]["cider_d"] for g, r in scores[m]["reports"]["adiff"].items()}
              for m in ("adiff", "language_only")}
     print("CIDEr-D", cider)
-    assert cider["adiff"]["all"] > cider["language_only"]["all"] + 0.05
-    assert all(cider["adiff"][f"tier{t}"] > 0.05 for t in (1, 2, 3))  # every tier learnt, long tier 3 included
+    for group in ("tier1", "tier2", "tier3", "all"):  # ADIFF §5.1 Exp. A, in every tier
+        assert cider["adiff"][group] > cider["language_only"][group], group
+    assert cider["adiff"]["all"] > cider["language_only"]["all"] + 0.1
+    assert all(cider["adiff"][f"tier{t}"] > 0.1 for t in (1, 2, 3))  # every tier learnt, long tier 3 included
     assert (work / "reports" / "adiff-demo" / "report.html").exists()
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
