@@ -46,3 +46,14 @@ def tiny_dataset(tmp_path_factory):
     cfg = tiny_config(out)
     result = build_dataset(cfg.dataset, progress=lambda m: None)
     return cfg, result
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: threads only add synchronisation cost (and contention on a shared 2-core box)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

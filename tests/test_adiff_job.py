@@ -20,12 +20,7 @@ from conftest import REPO, TINY
 from test_train import TINY_MODEL
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tiny_dataset, tmp_path, *extra):
@@ -132,6 +127,13 @@ def test_generation_is_batched_seeded_and_skips_bad_examples(tiny_dataset, check
     assert [r["prediction"] for r in out[1:]] == [r["prediction"] for r in a[1:3]]
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         Generator(checkpoint / "tokenizer", ds)
+    # the same through a Ray Data actor pool (one model per actor), order kept, bad rows still counted
+    from audiopair.data.pipeline import ensure_ray
+
+    ensure_ray()
+    pooled = generate(checkpoint, ds, bad, greedy, batch_size=2, num_actors=1)
+    assert [r["prediction"] for r in pooled] == [r["prediction"] for r in out]
+    assert "no/such/clip" in pooled[0]["error"]
 
 
 def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_path, monkeypatch):

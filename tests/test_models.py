@@ -21,13 +21,7 @@ CORPUS = [f"a {a} then a {b}" for a in NAMES for b in NAMES] * 10 + [
 ] * 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matrices: threads only add synchronisation cost (and contention on a shared 2-core box).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@ def train_loop(config: dict) -> None:
             "epoch": epoch, "stage": config["stage"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val_loss, "lr": sched.get_last_lr()[0], "samples_per_s": seen * world / max(train_seconds, 1e-9),
             "steps": len(batches), "start_epoch": start_epoch, "world": world, "setup_s": setup_s,
-            "epoch_s": time.perf_counter() - t0, "reported_at": time.time(), "loop_started_at": time.time() - (time.perf_counter() - started),
+            "epoch_s": time.perf_counter() - t0,
         }
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
