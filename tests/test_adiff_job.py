@@ -168,3 +168,71 @@ def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_pat
     assert lines[2].startswith("| tier1 | adiff |") and lines[2].endswith("| - |")
     md, html = write_report([ev], ["adiff"], ["cider_d", "spice"], tmp_path / "report", "t")
     assert "## Not computed" in md.read_text() and "<table" in html.read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_evaluate_job_logs_to_a_real_mlflow_server(tiny_dataset, checkpoint, tmp_path):
+    """`mlflow server` on loopback; jobs/evaluate.py logs to it through MLFLOW_TRACKING_URI; the metrics come back
+    over the REST API."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    dcfg, _ = tiny_dataset
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts"), "--workers", "1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not come up"
+                time.sleep(1)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": url}
+        bad = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"),
+                              f"evaluate.checkpoints={{m: {tmp_path / 'nothing'}}}"], env=env, capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert bad.returncode == 2 and "evaluate.checkpoints.m" in bad.stderr and "adiff.json" in bad.stderr
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "jobs" / "evaluate.py"), *TINY, f"dataset.output_dir={dcfg.dataset.output_dir}",
+             f"work_dir={tmp_path / 'work'}", "experiment=server-check", f"evaluate.checkpoints={{tiny: {checkpoint}}}",
+             "evaluate.limit=2", "evaluate.metrics=[bleu_1, cider_d]", "evaluate.decoding.max_new_tokens=8"],
+            env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "| tier1 | tiny |" in proc.stdout
+
+        def api(path: str, body: dict) -> dict:
+            req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+        exp = json.loads(urllib.request.urlopen(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=server-check", timeout=10).read())
+        runs = api("runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]]})["runs"]
+        by_name = {r["info"]["run_name"]: r for r in runs}
+        assert set(by_name) == {"evaluate", "tiny/evaluate"}
+        metrics = {m["key"]: m["value"] for m in by_name["tiny/evaluate"]["data"]["metrics"]}
+        assert {"demo/adiff/tier1/cider_d", "demo/adiff/all/bleu_1", "demo/skipped_examples"} <= set(metrics)
+        scores = json.loads((tmp_path / "work" / "reports" / "server-check-evaluate" / "scores.json").read_text())
+        assert metrics["demo/adiff/all/cider_d"] == pytest.approx(
+            scores["tiny"]["reports"]["adiff"]["all"]["values"]["cider_d"])
+        assert any((tmp_path / "server-artifacts").rglob("scores.json"))  # artifacts went through the server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

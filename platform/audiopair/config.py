@@ -315,6 +315,8 @@ class DecodingConfig(Section):
 class EvalConfig(Section):
     """Batch generation and scoring of a split's manifests."""
 
+    # name -> ADIFF model folder (a checkpoint's model/), for jobs/evaluate.py; train_adiff.py fills it itself
+    checkpoints: dict[str, str] = {}
     split: str = "test"
     tasks: list[str] = ["adiff"]
     limit: int | None = Field(None, ge=1)  # at most this many examples per task and tier (None: all)

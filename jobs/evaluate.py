@@ -1,0 +1,66 @@
+"""Generate for a split's manifests with one or more trained models, score them, compare them, log to MLflow.
+
+    python jobs/evaluate.py evaluate.checkpoints='{adiff: work/runs/adiff-demo-adiff-finetune/epoch_0001/model}'
+    python jobs/evaluate.py --config jobs/configs/adiff_acd.yaml \\
+        evaluate.checkpoints='{adiff: /ckpt/adiff/model, baseline: /ckpt/baseline/model}' evaluate.num_actors=8
+
+Each model gets an MLflow child run (metrics ``<dataset>/<task>/<tier>/<metric>``, ``scores.json``, predictions
+table); the parent run holds the side-by-side report (``report.md`` / ``report.html``), also written to
+``<work_dir>/reports/<experiment>-evaluate/``. Examples whose audio features are missing are skipped and counted.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from audiopair import tracking
+from audiopair.config import config_from_argv
+from audiopair.data.pipeline import ensure_ray
+from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_argv(argv, __doc__)
+    ev = cfg.evaluate
+    if not ev.checkpoints:
+        print("error: evaluate.checkpoints is empty; name the models, e.g. evaluate.checkpoints='{adiff: PATH}'",
+              file=sys.stderr)
+        return 2
+    for name, path in ev.checkpoints.items():
+        if not (Path(path) / "adiff.json").is_file():
+            print(f"error: evaluate.checkpoints.{name}: {path} is not an ADIFF model folder (no adiff.json); "
+                  "give the model/ folder inside a training checkpoint", file=sys.stderr)
+            return 2
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"{time.perf_counter() - t0:6.0f}s  {msg}\n", end="", flush=True)
+
+    if ev.num_actors:
+        ensure_ray()
+    uri = tracking.setup(cfg.work_dir, cfg.experiment)
+    say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
+    results = []
+    with tracking.run("evaluate", tags={"job": "evaluate"}) as parent:
+        tracking.log_config(cfg)
+        for name, path in ev.checkpoints.items():
+            with tracking.run(f"{name}/evaluate", parent=parent.info.run_id, tags={"checkpoint": path}):
+                results.append(evaluate_checkpoint(path, cfg, name, say=say))
+        report_dir = Path(cfg.work_dir) / "reports" / f"{cfg.experiment}-evaluate"
+        md, html = write_report(results, ev.tasks, ev.metrics, report_dir,
+                                f"{', '.join(ev.checkpoints)} on {cfg.dataset.name}/{ev.split}")
+        import mlflow
+
+        mlflow.log_artifact(str(md), "report")
+        mlflow.log_artifact(str(html), "report")
+    for task in ev.tasks:
+        print(f"\n{task} on {cfg.dataset.name}/{ev.split}\n" + comparison_table(results, task, ev.metrics))
+    skipped = sum(len(r.skipped) for r in results)
+    say(f"done: report {md}, MLflow run {parent.info.run_id}" + (f", {skipped} examples skipped" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
