@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_build.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf work .pytest_cache
