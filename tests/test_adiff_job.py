@@ -236,3 +236,25 @@ def test_evaluate_job_logs_to_a_real_mlflow_server(tiny_dataset, checkpoint, tmp
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_bad_records_and_missing_audio_are_skipped_and_counted(tiny_dataset, checkpoint, tmp_path):
+    from audiopair.evaluate.run import evaluate_checkpoint
+
+    dcfg, _ = tiny_dataset
+    src = Path(dcfg.dataset.output_dir)
+    ds = tmp_path / "ds"
+    (ds / "manifests").mkdir(parents=True)
+    (ds / "features").symlink_to(src / "features")
+    lines = (src / "manifests" / "adiff_test.jsonl").read_text().splitlines()[:4]
+    no_refs = json.loads(lines[0]) | {"id": "no-refs", "references": []}
+    lost = json.loads(lines[1])
+    lost["id"], lost["meta"]["clips"] = "lost-audio", ["gone/clip", lost["meta"]["clips"][1]]
+    (ds / "manifests" / "adiff_test.jsonl").write_text("\n".join(lines + [json.dumps(no_refs), json.dumps(lost)]))
+    cfg = _cfg(tiny_dataset, tmp_path, f"dataset.output_dir={ds}", "evaluate.metrics=[bleu_1]",
+               "evaluate.decoding.max_new_tokens=6")
+    ev = evaluate_checkpoint(checkpoint, cfg, "m", log_mlflow=False, say=lambda m: None)
+    assert len(ev.skipped) == 2
+    assert "adiff_test.jsonl:5" in ev.skipped[0] and "references" in ev.skipped[0]
+    assert "lost-audio" in ev.skipped[1] and "gone/clip" in ev.skipped[1]
+    assert len(ev.rows) == 4 and ev.reports["adiff"]["all"].n_candidates == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -59,19 +59,27 @@ class ManifestError(ValueError):
     """A bad manifest line; the message names file and line."""
 
 
-def read_manifest(path: str | os.PathLike) -> Iterator[Record]:
-    """Yield validated records; the first bad one raises ManifestError with ``file:line`` and the field."""
+def read_manifest(path: str | os.PathLike, on_error: Callable[[ManifestError], None] | None = None
+                  ) -> Iterator[Record]:
+    """Yield validated records. A bad line raises ManifestError naming ``file:line`` and the field, or, with
+    ``on_error``, is handed to it and skipped (evaluation counts bad records instead of stopping)."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield Record.model_validate(json.loads(line))
+                record = Record.model_validate(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ManifestError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+                err = ManifestError(f"{path}:{n}: not valid JSON ({e.msg})")
             except ValidationError as e:
                 problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'record'}: {x['msg']}" for x in e.errors())
-                raise ManifestError(f"{path}:{n}: invalid record: {problems}") from None
+                err = ManifestError(f"{path}:{n}: invalid record: {problems}")
+            else:
+                yield record
+                continue
+            if on_error is None:
+                raise err
+            on_error(err)
 
 
 def write_manifest(path: str | os.PathLike, records: list[Record | dict]) -> int:

@@ -41,11 +41,13 @@ class Evaluation:
                 "reports": {t: {g: r.to_dict() for g, r in gs.items()} for t, gs in self.reports.items()}}
 
 
-def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit: int | None, seed: int = 0):
-    """Examples of ``tasks`` in ``split``; with ``limit``, a seeded sample of at most that many per task and tier."""
+def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit: int | None, seed: int = 0,
+                   on_error=None):
+    """Examples of ``tasks`` in ``split``; with ``limit``, a seeded sample of at most that many per task and tier.
+    Bad records go to ``on_error`` (skipped) when it is given."""
     out = []
     for task in tasks:
-        ex = load_examples(dataset_dir, split, {task: 1.0}, seed)
+        ex = load_examples(dataset_dir, split, {task: 1.0}, seed, on_error)
         if limit:
             rng = random.Random(seed)
             by_tier: dict = {}
@@ -70,11 +72,15 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflo
     """Generate for ``cfg.evaluate``'s split and tasks with the model in ``model_dir``, score, and (into the active
     MLflow run) log metrics, ``scores.json`` and the predictions table."""
     ev = cfg.evaluate
-    examples = split_examples(cfg.dataset.output_dir, ev.split, ev.tasks, ev.limit)
+    bad_records: list[str] = []
+    examples = split_examples(cfg.dataset.output_dir, ev.split, ev.tasks, ev.limit,
+                              on_error=lambda e: bad_records.append(str(e)))
+    if bad_records:
+        log.warning("%d bad manifest records skipped, e.g. %s", len(bad_records), bad_records[0])
     say(f"[{name}] generating {len(examples)} {ev.split} examples ({ev.decoding.strategy}, batch {ev.batch_size})")
     rows = generate(model_dir, cfg.dataset.output_dir, examples, ev.decoding, ev.batch_size, ev.num_actors,
                     ev.gpus_per_actor)
-    skipped = [r["error"] for r in rows if r["error"]]
+    skipped = bad_records + [r["error"] for r in rows if r["error"]]
     rows = [r for r in rows if not r["error"]]
     reports: dict[str, dict[str, ScoreReport]] = {}
     for task in ev.tasks:

@@ -22,8 +22,10 @@ from audiopair.train.engine import Recipe, local_dir
 from audiopair.train.pretrain import LABELS
 
 
-def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int) -> list[dict]:
-    """Records of each weighted task in ``split`` as plain dicts (prompt, target, the two clip ids, task, tier)."""
+def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int,
+                  on_error=None) -> list[dict]:
+    """Records of each weighted task in ``split`` as plain dicts (prompt, target, the two clip ids, task, tier).
+    A bad record stops the load, or with ``on_error`` (see ``read_manifest``) is skipped."""
     rng = random.Random(seed)
     out: list[dict] = []
     for task, w in sorted(weights.items()):
@@ -34,7 +36,7 @@ def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float]
             raise FileNotFoundError(f"{path} is missing: build the dataset with these tasks (dataset.tasks.enabled)")
         recs = [{"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "target": r.target,
                  "eval_prompt": r.meta.get("eval_prompt", r.prompt), "references": r.references,
-                 "clips": list(r.meta["clips"])} for r in read_manifest(path)]
+                 "clips": list(r.meta["clips"])} for r in read_manifest(path, on_error)]
         whole, frac = int(w), w - int(w)
         out += recs * whole + rng.sample(recs, int(round(frac * len(recs))))
     return out
