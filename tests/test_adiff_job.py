@@ -39,6 +39,7 @@ def checkpoint(tiny_dataset, tmp_path_factory):
     tok = train_tokenizer(train_corpus(dcfg.dataset.output_dir), 400, tmp / "tok")
     torch.manual_seed(0)
     model = build_model(cfg.model, tok)
+    model.event_labels = [f"event{i}" for i in range(cfg.model.encoder.num_classes)]
     save_checkpoint(model, tmp / "model", tokenizer=tok)
     return tmp / "model"
 
@@ -143,8 +144,12 @@ def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_pat
     from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dcfg, _ = tiny_dataset
+    from audiopair.evaluate.run import split_examples
+
+    some = split_examples(dcfg.dataset.output_dir, "test", ["adiff"], 3)  # what the evaluation will pick
     cfg = _cfg(tiny_dataset, tmp_path, "evaluate.metrics=[bleu_1, cider_d, spice, spider]", "evaluate.limit=3",
-               "evaluate.decoding.max_new_tokens=10")
+               "evaluate.decoding.max_new_tokens=10", f"evaluate.draw=[{json.dumps(some[0]['id'])}, not-there]")
     uri = tracking.setup(cfg.work_dir, "test-eval")
     assert uri == f"sqlite:///{(tmp_path / 'work' / 'mlflow.db').resolve()}"
     with tracking.run("job") as parent:
@@ -162,6 +167,9 @@ def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_pat
     assert not any("spice" in k or "spider" in k for k in metrics)  # unavailable: not a zero
     assert "unavailable.spice" in child[0].data.tags
     assert client.get_run(parent.info.run_id).data.params["train.run_name"] == cfg.train.run_name
+    assert len(ev.figures) == 1 and ev.figures[0].stat().st_size > 10_000  # "not-there" is skipped with a warning
+    logged = client.list_artifacts(child[0].info.run_id, "hallucination")
+    assert [Path(a.path).name for a in logged] == [ev.figures[0].name]
     table = comparison_table([ev, ev], "adiff", ["cider_d", "spice"])
     lines = table.splitlines()
     assert lines[0] == "| group | model | cider_d | spice |" and len(lines) == 2 + 8

@@ -325,6 +325,7 @@ class EvalConfig(Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     metrics: list[str] = ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider", "fense", "vocab"]
     decoding: DecodingConfig = DecodingConfig()
+    draw: list[str] = []  # example ids to draw as ADIFF §6 hallucination views (explanation + event probabilities)
 
 
 # --------------------------------------------------------------------------------------------- root

@@ -12,6 +12,7 @@ import html
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Evaluation:
     reports: dict[str, dict[str, ScoreReport]]
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)  # hallucination views drawn (evaluate.draw)
 
     def value(self, task: str, group: str, metric: str) -> float | None:
         rep = self.reports.get(task, {}).get(group)
@@ -91,9 +93,40 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflo
         reports[task] = score_groups([r["prediction"] for r in mine], [r["references"] for r in mine],
                                      _groups(mine), ev.metrics)
     result = Evaluation(name, reports, rows, skipped)
+    if ev.draw:
+        result.figures = draw_pairs(model_dir, cfg, rows, Path(cfg.work_dir) / "figures" / name)
     if log_mlflow:
         _log(result, cfg)
     return result
+
+
+def draw_pairs(model_dir: str | Path, cfg: Config, rows: list[dict], folder: Path) -> list[Path]:
+    """The hallucination view (ADIFF §6) of each ``cfg.evaluate.draw`` example among ``rows``: the prediction, both
+    log-mels and the frozen encoder's top event probabilities over time. Needs the event head's class names in the
+    checkpoint (models trained from the demo's stage 1 have them)."""
+    from audiopair.data.features import FeatureStore
+    from audiopair.evaluate.hallucination import event_probabilities, hallucination_figure
+    from audiopair.models.adiff import load_checkpoint
+
+    model = load_checkpoint(model_dir).eval()
+    if not model.event_labels:
+        log.warning("%s has no event class names (event_labels): hallucination views not drawn", model_dir)
+        return []
+    by_id = {r["id"]: r for r in rows}
+    missing = [i for i in cfg.evaluate.draw if i not in by_id]
+    if missing:
+        log.warning("evaluate.draw: %d ids are not among the evaluated examples, e.g. %s", len(missing), missing[0])
+    store, out = FeatureStore(cfg.dataset.output_dir), []
+    for rid in cfg.evaluate.draw:
+        if rid not in by_id:
+            continue
+        row = by_id[rid]
+        mels = [store[c] for c in row["clips"]]
+        probs = [event_probabilities(model.encoder, m) for m in mels]
+        path = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", rid) + ".png")
+        out.append(Path(hallucination_figure(row["prediction"], *mels, *probs, model.event_labels, path,
+                                             cfg.dataset.sample_rate, cfg.dataset.features.hop_length, title=rid)))
+    return out
 
 
 def _log(result: Evaluation, cfg: Config) -> None:
@@ -111,6 +144,8 @@ def _log(result: Evaluation, cfg: Config) -> None:
     mlflow.log_metric(f"{dataset}/skipped_examples", len(result.skipped))
     mlflow.log_text(json.dumps(result.to_dict(), indent=2, sort_keys=True, allow_nan=False), "scores.json")
     log_predictions(result.rows, f"predictions/{cfg.evaluate.split}.json")
+    for fig in result.figures:
+        mlflow.log_artifact(str(fig), "hallucination")
 
 
 # ---------------------------------------------------------------------------------------------- comparison tables

@@ -142,6 +142,7 @@ class AdiffModel(nn.Module):
         # Cached embeddings come from the pretrained encoder, so language_only refuses them unless the caller says
         # they were made by this model's own random encoder (the same for a given encoder.seed).
         self.accept_embeddings = cfg.variant != "language_only"
+        self.event_labels: list[str] | None = None  # the event head's class names, when known (hallucination view)
 
         # --- encoder
         if encoder_config is not None:
@@ -346,6 +347,7 @@ def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None
         "config": model.cfg.model_dump(mode="json"),
         "vocab_size": model.vocab_size, "separator_id": model.separator_id, "eos_id": model.eos_id,
         "stage": getattr(model, "stage", 2),
+        "event_labels": model.event_labels,
         "lm_config": model.lm.config.to_dict(),
         "encoder_config": {"backbone": model.encoder.backbone.config.to_dict(),
                            "event_head": {"num_classes": head.num_classes, "clip_pool": head.pool}},
@@ -389,4 +391,5 @@ def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = No
         raise ValueError(f"{folder / WEIGHTS} does not match the model: missing {sorted(untied)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
     set_stage(model, meta.get("stage", 2))
+    model.event_labels = meta.get("event_labels")
     return model.to(device)

@@ -71,13 +71,12 @@ def make_recipe(config: dict) -> Recipe:
     "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings": True (False: the
     frozen encoder runs every step, for benchmarks)}."""
     cfg = Config.model_validate(config["app"])
-    tok_ref = config["tokenizer"]
+    tok_ref, event_labels = config["tokenizer"], None
     if config.get("pretrained"):  # the demo's own stage-1 encoder and LM, loaded as HTSAT and GPT-2 would be
         enc, lm = local_dir(config["pretrained"]["encoder"]) / "model", local_dir(config["pretrained"]["lm"]) / "model"
-        classes = len(json.loads((enc / LABELS).read_text()))
-        cfg.model = cfg.model.model_copy(update={
-            "lm_pretrained": str(lm),
-            "encoder": cfg.model.encoder.model_copy(update={"pretrained": str(enc), "num_classes": classes})})
+        event_labels = json.loads((enc / LABELS).read_text())
+        encoder = cfg.model.encoder.model_copy(update={"pretrained": str(enc), "num_classes": len(event_labels)})
+        cfg.model = cfg.model.model_copy(update={"lm_pretrained": str(lm), "encoder": encoder})
         tok_ref = lm
     tok = load_tokenizer(tok_ref)
     init = config.get("init")
@@ -89,6 +88,8 @@ def make_recipe(config: dict) -> Recipe:
 
     def build():
         model = load_checkpoint(init, cfg.model) if init else build_model(cfg.model, tok)
+        if event_labels and cfg.model.variant != "language_only":  # its random encoder's head means nothing
+            model.event_labels = event_labels
         set_stage(model, stage)
         state["model"] = model
         return model
