@@ -17,7 +17,7 @@ from pathlib import Path
 from audiopair import tracking
 from audiopair.config import config_from_argv
 from audiopair.data.pipeline import ensure_ray
-from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
+from audiopair.evaluate.run import comparison_table, evaluate_models
 
 
 def main(argv=None) -> int:
@@ -42,19 +42,11 @@ def main(argv=None) -> int:
         ensure_ray()
     uri = tracking.setup(cfg.work_dir, cfg.experiment)
     say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
-    results = []
     with tracking.run("evaluate", tags={"job": "evaluate"}) as parent:
         tracking.log_config(cfg)
-        for name, path in ev.checkpoints.items():
-            with tracking.run(f"{name}/evaluate", parent=parent.info.run_id, tags={"checkpoint": path}):
-                results.append(evaluate_checkpoint(path, cfg, name, say=say))
         report_dir = Path(cfg.work_dir) / "reports" / f"{cfg.experiment}-evaluate"
-        md, html = write_report(results, ev.tasks, ev.metrics, report_dir,
-                                f"{', '.join(ev.checkpoints)} on {cfg.dataset.name}/{ev.split}")
-        import mlflow
-
-        mlflow.log_artifact(str(md), "report")
-        mlflow.log_artifact(str(html), "report")
+        results, md = evaluate_models(ev.checkpoints, cfg, report_dir,
+                                      f"{', '.join(ev.checkpoints)} on {cfg.dataset.name}/{ev.split}", say)
     for task in ev.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{ev.split}\n" + comparison_table(results, task, ev.metrics))
     skipped = sum(len(r.skipped) for r in results)

@@ -13,13 +13,14 @@ with the same ``train.run_name`` skips finished stages and resumes an interrupte
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import mlflow
 
 from audiopair import tracking
 from audiopair.config import config_from_argv
 from audiopair.data.pipeline import BuildError, build_dataset, ensure_ray
-from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
+from audiopair.evaluate.run import comparison_table, evaluate_models
 from audiopair.train.adiff import train_adiff
 from audiopair.train.engine import local_dir
 
@@ -45,20 +46,11 @@ def main(argv=None) -> int:
     with tracking.run(cfg.train.run_name, tags={"job": "train_adiff"}) as parent:
         tracking.log_config(cfg)
         checkpoints = train_adiff(cfg, say)
-
-        def evaluate(variant: str, ckpt):
-            with tracking.run(f"{variant}/evaluate", parent=parent.info.run_id, tags={"variant": variant}):
-                return evaluate_checkpoint(local_dir(ckpt) / "model", cfg, variant, say=say)
-
-        with ThreadPoolExecutor(max_workers=cfg.train.parallel) as pool:
-            results = list(pool.map(evaluate, checkpoints, checkpoints.values()))
-        report_dir = Path(cfg.work_dir) / "reports" / cfg.train.run_name
-        md, html = write_report(results, cfg.evaluate.tasks, cfg.evaluate.metrics, report_dir,
-                                f"{cfg.train.run_name}: {', '.join(checkpoints)} on {cfg.dataset.name}/{cfg.evaluate.split}")
-        import mlflow
-
-        mlflow.log_artifact(str(md), "report")
-        mlflow.log_artifact(str(html), "report")
+        models = {variant: local_dir(ckpt) / "model" for variant, ckpt in checkpoints.items()}
+        results, md = evaluate_models(
+            models, cfg, Path(cfg.work_dir) / "reports" / cfg.train.run_name,
+            f"{cfg.train.run_name}: {', '.join(models)} on {cfg.dataset.name}/{cfg.evaluate.split}", say,
+            parallel=cfg.train.parallel)
         mlflow.log_metric("job_seconds", time.perf_counter() - t0)
 
     for task in cfg.evaluate.tasks:

@@ -93,7 +93,7 @@ def test_lm_recipe_places_windows_after_the_prefix(tiny_dataset, tmp_path):
     assert len(texts) == len(set(texts)) > 50
     long = max(texts, key=len)
     batch = recipe.collate([long, "a dog barks"])
-    offset = 2 * cfg.model.prefix_len + cfg.model.prompt_len + 1
+    offset = 2 * cfg.model.prefix_len + cfg.model.prompt_len + 1  # [p1, sep, p2, prompt]
     assert batch["input_ids"].shape[1] == 24  # the long text is cut to a window
     assert batch["position_ids"][1, 0] == offset  # a short text starts where an answer starts
     assert batch["position_ids"][0, 0] >= offset

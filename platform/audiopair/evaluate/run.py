@@ -148,6 +148,31 @@ def _log(result: Evaluation, cfg: Config) -> None:
         mlflow.log_artifact(str(fig), "hallucination")
 
 
+def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir: str | Path, title: str,
+                    say=print, parallel: int = 1) -> tuple[list[Evaluation], Path]:
+    """Each named model folder evaluated in its own MLflow child run of the active run (``parallel`` at a time),
+    then the side-by-side report written to ``report_dir`` and logged to the active run. Returns the evaluations
+    (in the given order) and the Markdown report's path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+
+    from audiopair import tracking
+
+    parent = mlflow.active_run().info.run_id
+
+    def one(name: str, path) -> Evaluation:
+        with tracking.run(f"{name}/evaluate", parent=parent, tags={"model": name, "checkpoint": str(path)}):
+            return evaluate_checkpoint(path, cfg, name, say=say)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(one, checkpoints, checkpoints.values()))
+    md, html = write_report(results, cfg.evaluate.tasks, cfg.evaluate.metrics, report_dir, title)
+    for path in (md, html, Path(report_dir) / "scores.json"):
+        mlflow.log_artifact(str(path), "report")
+    return results, md
+
+
 # ---------------------------------------------------------------------------------------------- comparison tables
 def comparison_rows(results: list[Evaluation], task: str, metrics: list[str]) -> list[list[str]]:
     """Rows ``[group, model, metric values...]`` for ``task``, groups in tier order, models as given."""

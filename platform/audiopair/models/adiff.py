@@ -190,7 +190,7 @@ class AdiffModel(nn.Module):
     @property
     def prefix_tokens(self) -> int:
         """121 at paper sizes (40 + 1 + 40 + 40); 120 for the baseline."""
-        return 2 * self.cfg.prefix_len + self.cfg.prompt_len + int(self.uses_separator)
+        return prefix_tokens(self.cfg)
 
     @property
     def separator(self) -> torch.Tensor:
@@ -282,6 +282,12 @@ class AdiffModel(nn.Module):
         if n > limit:
             raise ValueError(f"prefix ({self.prefix_tokens} tokens) + {what} = {n} exceeds the LM's {limit} positions; "
                              "shorten the answers or use an LM with more positions (model.lm_positions)")
+
+
+def prefix_tokens(cfg: AdiffModelConfig) -> int:
+    """LM positions the prefix takes, so the answer starts at this position: [p1, sep, p2, text]; no sep for the
+    baseline."""
+    return 2 * cfg.prefix_len + cfg.prompt_len + int(cfg.variant != "baseline")
 
 
 def _fit(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from audiopair.config import Config
 from audiopair.data.features import FeatureStore
 from audiopair.data.manifest import manifest_path, read_manifest
+from audiopair.models.adiff import prefix_tokens
 from audiopair.models.encoder import AudioEncoder
 from audiopair.models.tokenizer import load_tokenizer, train_tokenizer
 from audiopair.train.engine import Recipe
@@ -128,7 +129,7 @@ def make_lm_recipe(config: dict) -> Recipe:
         tok = load_tokenizer(config["tokenizer"])
     else:
         tok = train_tokenizer(train_corpus(ds), u.vocab_size, tempfile.mkdtemp(prefix="audiopair_tok_"))
-    offset = 2 * m.prefix_len + m.prompt_len + 1  # where an ADIFF answer starts: after the prefix (121 at paper size)
+    offset = prefix_tokens(m)  # where an ADIFF answer starts
     max_len = min(m.lm_positions - offset, u.lm_max_tokens)
 
     def build() -> GPT2LMHeadModel:
