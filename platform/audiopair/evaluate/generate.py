@@ -13,6 +13,7 @@ back with ``error`` set and an empty ``prediction``.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -52,15 +53,14 @@ class Generator:
         self.store = FeatureStore(dataset_dir)
         self.decoding = DecodingConfig.model_validate(decoding or {}) if not isinstance(decoding, DecodingConfig) \
             else decoding
-        self.calls = 0
 
-    def texts(self, mels1: torch.Tensor, mels2: torch.Tensor, prompts: list[str]) -> list[str]:
+    def texts(self, mels1: torch.Tensor, mels2: torch.Tensor, prompts: list[str], first_id: str = "") -> list[str]:
         from audiopair.models.tokenizer import encode_prompts
 
         ids, mask = encode_prompts(self.tok, prompts, self.model.cfg.prompt_len)
         d = self.decoding
-        torch.manual_seed(d.seed + self.calls)  # sampling repeats run for run
-        self.calls += 1
+        # sampling repeats run for run: the seed follows the batch's first example, not which actor got the batch
+        torch.manual_seed(random.Random(f"{d.seed}|{first_id}").randrange(1 << 63))
         out = self.model.generate(mels1.to(self.device), mels2.to(self.device), ids.to(self.device),
                                   mask.to(self.device), max_new_tokens=d.max_new_tokens, **hf_kwargs(d))
         return [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]
@@ -80,14 +80,16 @@ class Generator:
             mels2.append(m2)
         preds = [""] * n
         if good:
-            texts = self.texts(torch.stack(mels1), torch.stack(mels2), [batch["eval_prompt"][i] for i in good])
+            texts = self.texts(torch.stack(mels1), torch.stack(mels2), [batch["eval_prompt"][i] for i in good],
+                               str(batch["id"][good[0]]))
             for i, t in zip(good, texts):
                 preds[i] = t
         return {**batch, "prediction": list(preds), "error": errors}
 
 
-def generate(checkpoint: str | Path, dataset_dir: str | Path, examples: list[dict], decoding: DecodingConfig | None = None,
-             batch_size: int = 16, num_actors: int = 0, num_gpus: float = 0) -> list[dict]:
+def generate(checkpoint: str | Path, dataset_dir: str | Path, examples: list[dict],
+             decoding: DecodingConfig | None = None, batch_size: int = 16, num_actors: int = 0,
+             num_gpus: float = 0) -> list[dict]:
     """``examples`` with ``prediction`` (and ``error``, empty when fine) added, in the input order.
 
     ``num_actors=0`` generates in this process; otherwise a Ray Data actor pool of that size (one model each)."""
