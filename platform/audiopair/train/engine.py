@@ -228,9 +228,7 @@ def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_nam
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage = train_cfg.storage_path
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage = storage_uri(train_cfg)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"recipe_factory": recipe_factory, "train": train_cfg.model_dump(mode="json"),
@@ -267,13 +265,20 @@ def local_dir(ref) -> Path:
     return _LOCAL[key]
 
 
+def storage_uri(train_cfg) -> str:
+    """``train.storage_path`` as Ray Train takes it: a URI as is, a local folder made absolute."""
+    storage = train_cfg.storage_path
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
 def _storage(train_cfg):
+    """``(filesystem, root)`` of ``train.storage_path``, for the files written beside Ray Train's run folders."""
     import pyarrow.fs
 
-    storage = train_cfg.storage_path
+    storage = storage_uri(train_cfg)
     if "://" in storage:
         return pyarrow.fs.FileSystem.from_uri(storage)
-    return pyarrow.fs.LocalFileSystem(), str(Path(storage).resolve())
+    return pyarrow.fs.LocalFileSystem(), storage
 
 
 def finished_stage(train_cfg, run_name: str):
