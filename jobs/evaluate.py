@@ -4,9 +4,15 @@
     python jobs/evaluate.py --config jobs/configs/adiff_acd.yaml \\
         evaluate.checkpoints='{adiff: /ckpt/adiff/model, baseline: /ckpt/baseline/model}' evaluate.num_actors=8
 
+    python jobs/evaluate.py evaluate.checkpoints='{adiff: PATH}' evaluate.tasks=[] \\
+        evaluate.classify='[{name: gtzan, csv: /data/gtzan/test.csv}, {name: vocalsound, csv: /data/vs/test.csv}]'
+
 Each model gets an MLflow child run (metrics ``<dataset>/<task>/<tier>/<metric>``, ``scores.json``, predictions
 table); the parent run holds the side-by-side report (``report.md`` / ``report.html``), also written to
 ``<work_dir>/reports/<experiment>-evaluate/``. Examples whose audio features are missing are skipped and counted.
+``evaluate.classify`` adds downstream classification accuracy (ACC Table 3) over ``path,label`` CSVs (or ``csv:
+demo``): metrics ``<set>/classify/all/accuracy``, a confusion matrix and predictions per set; unreadable audio files
+are skipped and counted.
 """
 
 import logging
@@ -17,7 +23,8 @@ from pathlib import Path
 from audiopair import tracking
 from audiopair.config import config_from_argv
 from audiopair.data.pipeline import ensure_ray
-from audiopair.evaluate.run import comparison_table, evaluate_models
+from audiopair.evaluate.downstream import ClassifySetupError, prepare_all
+from audiopair.evaluate.run import classify_table, comparison_table, evaluate_models
 
 
 def main(argv=None) -> int:
@@ -29,10 +36,16 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     for name, path in ev.checkpoints.items():
-        if not (Path(path) / "adiff.json").is_file():
-            print(f"error: evaluate.checkpoints.{name}: {path} is not an ADIFF model folder (no adiff.json); "
-                  "give the model/ folder inside a training checkpoint", file=sys.stderr)
+        if not any((Path(path) / f).is_file() for f in ("adiff.json", "audiopair_qwen.json")):
+            print(f"error: evaluate.checkpoints.{name}: {path} is neither an ADIFF model folder (adiff.json) nor a "
+                  "finetuned Qwen2-Audio folder (audiopair_qwen.json); give the model/ folder inside a training "
+                  "checkpoint", file=sys.stderr)
             return 2
+    try:
+        classify_sets = prepare_all(cfg)  # before any model loads: a missing CSV fails now, naming its key
+    except ClassifySetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -46,10 +59,13 @@ def main(argv=None) -> int:
         tracking.log_config(cfg)
         report_dir = Path(cfg.work_dir) / "reports" / f"{cfg.experiment}-evaluate"
         results, md = evaluate_models(ev.checkpoints, cfg, report_dir,
-                                      f"{', '.join(ev.checkpoints)} on {cfg.dataset.name}/{ev.split}", say)
+                                      f"{', '.join(ev.checkpoints)} on {cfg.dataset.name}/{ev.split}", say,
+                                      classify_sets=classify_sets)
     for task in ev.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{ev.split}\n" + comparison_table(results, task, ev.metrics))
-    skipped = sum(len(r.skipped) for r in results)
+    if ev.classify:
+        print("\ndownstream classification accuracy\n" + classify_table(results))
+    skipped = sum(len(r.skipped) + sum(len(c.skipped) for c in r.classify.values()) for r in results)
     say(f"done: report {md}, MLflow run {parent.info.run_id}" + (f", {skipped} examples skipped" if skipped else ""))
     return 0
 

@@ -57,3 +57,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny random ADIFF checkpoint (tokenizer folder included, as the training jobs report it) that needs no
+    built dataset: its tokenizer is trained on the demo bank's caption phrases."""
+    import torch
+
+    from audiopair.corpus.demo import EVENTS
+    from audiopair.models.adiff import build_model, save_checkpoint
+    from audiopair.models.tokenizer import train_tokenizer
+    from test_train import TINY_MODEL
+
+    tmp = tmp_path_factory.mktemp("tiny_ckpt")
+    cfg = tiny_config(tmp / "unused", *TINY_MODEL, "model.lm_positions=320")
+    texts = [f"{p} {w}" for k in EVENTS for p in k.phrases for w in ("in the audio.", "is heard.", k.name)]
+    tok = train_tokenizer(texts * 2, 400, tmp / "tok")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok)
+    save_checkpoint(model, tmp / "model", tokenizer=tok)
+    return tmp / "model"

@@ -66,3 +66,35 @@ def test_flatten_for_mlflow():
     flat = flatten(Config())
     assert flat["dataset.num_workers"] == 2
     assert flat["dataset.sources.0.kind"] == "demo"
+
+
+def test_extends_layers_files_and_replaces_free_form_mappings(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {num_workers: 4, task_weights: {adiff: 1.0, position: 1.0}}\n"
+                                        "finetune: {task_weights: {ac: 1.0, acc: 1.0}, lora: {r: 16}}\n")
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "adc.yaml").write_text("extends: ../base.yaml\nfinetune: {task_weights: {adc: 1.0}}\n")
+    cfg = load_config(tmp_path / "rows" / "adc.yaml")
+    assert cfg.train.num_workers == 4 and cfg.finetune.lora.r == 16  # sections merge key by key ...
+    assert cfg.finetune.task_weights == {"adc": 1.0}  # ... a mapping of weights is replaced, not unioned
+    assert cfg.finetune.lora.alpha == 32  # defaults under everything
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml does not exist \(extended by"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "jobs" / "configs").rglob("*.yaml"))
+    assert len(files) >= 15
+    rows = {}
+    for f in files:
+        cfg = load_config(f)
+        if f.parent.name == "acc_table2":
+            rows[f.stem] = (cfg.finetune.task_weights, cfg.finetune.run_name)
+    # one config per row of ACC Table 2, for both datasets, each with its own run name
+    assert rows["audiocaps_ac_acc"] == ({"ac": 1.0, "acc": 1.0}, "qwen2-audio-audiocaps-ac-acc")
+    assert rows["clotho_adc"][0] == {"adc": 1.0} and len({r[1] for r in rows.values()}) == len(rows) == 10

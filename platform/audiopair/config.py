@@ -299,6 +299,90 @@ class TrainConfig(Section):
         raise KeyError(f"no stage {name!r} in train.stages; have {[s.name for s in self.stages]}")
 
 
+# ---- Qwen2-Audio finetuning
+class LoraConfig(Section):
+    """peft LoRA on the language model (ACC §3.2: r 8, alpha 32, dropout 0.05, every linear layer)."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # projection names inside the language model (attention + MLP); lm_head and the audio tower stay out
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TinyQwenConfig(Section):
+    """A random Qwen2-Audio small enough for CPU, created when ``finetune.model`` is a missing folder (demo, tests).
+    Its tokenizer is a byte-level BPE trained on the dataset's texts with Qwen's special tokens."""
+
+    enabled: bool = False
+    vocab_size: int = Field(1000, ge=300)
+    hidden: int = Field(64, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    kv_heads: int = Field(2, ge=1)
+    audio_dim: int = Field(32, ge=8)
+    audio_layers: int = Field(1, ge=1)
+    audio_heads: int = Field(2, ge=1)
+    # Whisper's window is 30 s; every clip is padded to it, so a short window keeps CPU runs on short clips fast
+    window_seconds: int = Field(10, ge=1, le=30)
+    seed: int = 0
+
+
+class FinetuneConfig(Section):
+    """``jobs/finetune_qwen2_audio.py``: Qwen2-Audio LoRA or full finetuning (ACC §2.2 / §3.2, Table 2).
+
+    Defaults are the paper's: LoRA r 8 / alpha 32 / dropout 0.05 on every linear layer of the language model, audio
+    tower and projector frozen, AdamW lr 1e-4, weight decay 0.1, cosine, batch 1 x accumulation 16. Ray Train
+    settings (workers, GPUs, precision, storage) come from ``train``; ``zero_stage`` None means ZeRO-2 for LoRA and
+    ZeRO-3 for full finetuning."""
+
+    model: str = "Qwen/Qwen2-Audio-7B-Instruct"  # hub id or local folder
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    train_audio_tower: bool = False
+    train_projector: bool = False
+    # the task mixture (ACC Table 2 rows: {ac: 1}, {adc: 1}, {acc: 1}, {ac: 1, adc: 1}, {ac: 1, acc: 1}); adiff too
+    task_weights: dict[str, float] = {"ac": 1.0, "acc": 1.0}
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: float = Field(0.03, ge=0)
+    micro_batch: int = Field(1, ge=1)
+    grad_accum: int = Field(16, ge=1)
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    gradient_checkpointing: bool | None = None  # None: on when training on GPUs
+    max_audio_seconds: float | None = Field(None, gt=0)  # None: the feature extractor's window (30 s for Whisper)
+    max_answer_tokens: int = Field(256, ge=4)
+    system_prompt: str | None = None  # None: the chat template's default
+    run_name: str = "qwen2-audio"
+    merge: bool = False  # LoRA: also export base + adapter merged as a standalone model folder
+    evaluate_tasks: list[str] = ["ac"]  # what the job scores after training (ACC Table 2: audio captioning)
+    tiny: TinyQwenConfig = TinyQwenConfig()
+
+
+# ---- the language-model scaling sweep
+class SweepConfig(Section):
+    """``jobs/sweep_adiff.py``: ADIFF §5.3 (Table 5, Figure 4) as a Ray Tune grid. One trial per LM of ``sizes`` x
+    value of each ``space`` key; each trains the ``stages`` of ``train.stages`` named here; ASHA stops a trial whose
+    ``metric`` is behind the others' at the same epoch. Stage 1 (``train.unimodal``, the demo) runs before the
+    trials: the encoder once, an LM per size."""
+
+    name: str = "adiff-lm-scaling"  # the Tune experiment under train.storage_path; the same name resumes it
+    # LM name -> model.* overrides, e.g. {gpt2-medium: {lm_pretrained: gpt2-medium}}, or tiny random sizes (their
+    # stage-1 LMs are pretrained first) in the demo; empty: the one LM of model.*
+    sizes: dict[str, dict[str, Any]] = {}
+    space: dict[str, list[Any]] = {}  # dotted config key -> values, e.g. {train.stages.0.epochs: [30, 50]}: a grid
+    stages: list[str] = ["grounding"]  # §5.3 scales stage 2; add finetune to train both per trial
+    metric: Literal["val_loss", "train_loss"] = "val_loss"  # what ASHA compares, per epoch
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial trains before it can be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # ASHA keeps the best 1/reduction_factor at each rung
+    max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as the cluster's GPUs (CPUs without GPUs) fit
+    # the Tune trial process only drives Ray Train (its workers hold the cores): no CPU, so workers get them all
+    trial_resources: dict[str, float] = {"CPU": 0.0, "memory": 256 * 2**20}
+    eval_limit: int | None = Field(50, ge=1)  # test examples per tier each trial is scored on (None: all)
+    metrics: list[str] = ["bleu_4", "meteor", "spider"]  # Table 5's columns, per tier
+
+
 # ---- evaluation
 class DecodingConfig(Section):
     """How generation decodes: greedy, beam search, or top-k / top-p / temperature sampling (seeded)."""
@@ -310,6 +394,27 @@ class DecodingConfig(Section):
     top_p: float = Field(0.9, gt=0, le=1)
     temperature: float = Field(1.0, gt=0)
     seed: int = 0
+
+
+class ClassifyConfig(Section):
+    """One downstream classification set (ACC §3.1, Table 3): the model answers a label question per clip.
+
+    ``csv`` is a ``path,label`` CSV (VocalSound, IEMOCAP, NSynth, GTZAN lists...) or ``demo``: ``per_kind`` fresh
+    renders of each demo-bank event kind, labelled by kind (no downloads). Metrics: ``<name>/classify/all/accuracy``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # metric prefix and report column
+    csv: str  # a path,label CSV, or "demo"
+    audio_dir: str | None = None  # relative audio paths resolve here (default: the CSV's folder)
+    path_column: str = "path"
+    label_column: str = "label"
+    labels: list[str] | None = None  # the label set, in prompt order (default: sorted labels of the CSV)
+    synonyms: dict[str, list[str]] = {}  # label -> other names the answer may use (demo: the bank's phrases too)
+    prompt: str | None = None  # the label question (default: classification_prompt(labels))
+    limit: int | None = Field(None, ge=1)  # a seeded sample of at most this many rows (None: all)
+    per_kind: int = Field(3, ge=1)  # csv: demo only: clips per event kind
+    threshold: float = Field(0.8, gt=0, le=1)  # fuzzy label matching
+    max_new_tokens: int = Field(32, ge=1)  # answers are labels; evaluate.decoding gives the rest of the decoding
 
 
 class EvalConfig(Section):
@@ -326,6 +431,7 @@ class EvalConfig(Section):
     metrics: list[str] = ["bleu_1", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider", "fense", "vocab"]
     decoding: DecodingConfig = DecodingConfig()
     draw: list[str] = []  # example ids to draw as ADIFF §6 hallucination views (explanation + event probabilities)
+    classify: list[ClassifyConfig] = []  # downstream classification accuracy per model (ACC Table 3)
 
 
 # --------------------------------------------------------------------------------------------- root
@@ -337,7 +443,9 @@ class Config(Section):
     dataset: DatasetConfig = DatasetConfig()
     model: AdiffModelConfig = AdiffModelConfig()
     train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvalConfig = EvalConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -428,11 +536,46 @@ def _set_dotted(tree: dict, path: list[str], value: Any, model: type[BaseModel])
         node[last] = value
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _section(model: Any, key: str) -> type[BaseModel] | None:
+    """The config section (a model class) that field ``key`` of ``model`` holds, or None for a plain value or a
+    free-form mapping such as ``task_weights``."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or key not in model.model_fields:
+        return None
+    ann = model.model_fields[key].annotation
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def _merge(base: dict, extra: dict, model: Any = None) -> dict:
+    """``extra`` laid over ``base``: sections merge key by key; values, lists and free-form mappings (task weights,
+    checkpoints) are replaced whole, so a file that names ``{adc: 1}`` does not inherit the default's other tasks."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        sub = _section(model, k)
+        out[k] = _merge(out[k], v, sub) if sub and isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def _read_yaml(p: Path, model: Any, seen: tuple = ()) -> dict:
+    """One config file as a mapping, with its ``extends`` chain merged underneath."""
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist" + (f" (extended by {seen[-1]})" if seen else ""))
+    if p.resolve() in seen:
+        raise ConfigError(f"config file {p} extends itself through {' -> '.join(map(str, seen))}")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top, got {type(loaded).__name__}")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str):
+        raise ConfigError(f"config file {p}: extends must be a file name, got {parent!r}")
+    return _merge(_read_yaml(p.parent / parent, model, seen + (p.resolve(),)), loaded, model)
 
 
 def load_config(
@@ -440,25 +583,18 @@ def load_config(
     overrides: list[str] | None = None,
     model: type[BaseModel] = Config,
 ) -> Any:
-    """Read ``path`` (YAML; ``None`` means built-in defaults), apply dotted overrides, validate."""
+    """Read ``path`` (YAML; ``None`` means built-in defaults), apply dotted overrides, validate.
+
+    A file may start from another: ``extends: base.yaml`` (relative to the file) loads that first and lays this
+    file's keys over it, so one config per experiment row repeats only what differs."""
     origin = str(path) if path else "defaults"
-    tree: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top, got {type(loaded).__name__}")
-        tree = loaded
+    tree = _read_yaml(Path(path), model) if path else {}
     # Start from the model's defaults so dotted overrides can reach into lists (e.g. dataset.sources.0.csv).
-    tree = _merge(model().model_dump(mode="json"), tree)
+    tree = _merge(model().model_dump(mode="json"), tree, model)
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_dotted(tree, keys, value, model)
+    if overrides:
         origin = f"{origin} + overrides"
     try:
         return model.model_validate(tree)

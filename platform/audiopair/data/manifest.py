@@ -92,6 +92,27 @@ def manifest_path(root: str | os.PathLike, task: str, split: str) -> Path:
     return Path(root) / "manifests" / f"{task}_{split}.jsonl"
 
 
+def mix_tasks(dataset_dir: str | os.PathLike, split: str, weights: dict[str, float], seed: int,
+              convert: Callable[[Path, Record], Any], on_error=None) -> list:
+    """Training examples of several tasks mixed by weight: a weight of 0.5 keeps a seeded half of a task's records,
+    2 repeats them, 1.5 repeats them once and adds a seeded half. ``convert(manifest, record)`` makes each example.
+    A bad record stops the load, or with ``on_error`` (see ``read_manifest``) is skipped."""
+    import random
+
+    rng = random.Random(seed)
+    out: list = []
+    for task, w in sorted(weights.items()):
+        if w <= 0:
+            continue
+        path = manifest_path(dataset_dir, task, split)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: build the dataset with these tasks (dataset.tasks.enabled)")
+        recs = [convert(path, r) for r in read_manifest(path, on_error)]
+        whole, frac = int(w), w - int(w)
+        out += recs * whole + rng.sample(recs, int(round(frac * len(recs))))
+    return out
+
+
 def resolve_audio(manifest: str | os.PathLike, record: Record) -> list[Path]:
     """Absolute audio paths of a file-backed record (paths in a manifest are relative to its folder)."""
     if not isinstance(record.audio, list):

@@ -176,17 +176,21 @@ def classification_prompt(labels: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------------------- label CSVs
 class LabelRows(list):
-    """``[(path, label), ...]`` plus ``skipped``: ``[(line number, reason), ...]`` of rows left out."""
+    """``[(path, label), ...]`` plus ``skipped``: ``[(line number, reason), ...]`` of rows left out, and ``lines``:
+    the CSV line number of each kept row."""
 
-    def __init__(self, rows: Iterable[tuple[str, str]] = (), skipped: list[tuple[int, str]] | None = None):
+    def __init__(self, rows: Iterable[tuple[str, str]] = (), skipped: list[tuple[int, str]] | None = None,
+                 lines: list[int] | None = None):
         super().__init__(rows)
         self.skipped = skipped or []
+        self.lines = lines if lines is not None else list(range(2, len(self) + 2))
 
 
-def read_label_csv(path: str | Path, path_column: str = "path", label_column: str = "label") -> LabelRows:
+def read_label_csv(path: str | Path, path_column: str = "path", label_column: str = "label",
+                   audio_dir: str | Path | None = None) -> LabelRows:
     """Rows of a ``path,label`` CSV (header required; other columns ignored; column names case-insensitive).
 
-    Relative audio paths are resolved against the CSV's folder; absolute ones are kept. A missing column raises
+    Relative audio paths are resolved against ``audio_dir`` (default: the CSV's folder); absolute ones are kept. A missing column raises
     ``ValueError`` naming the file, the missing and the found columns. A row with an empty path or label is skipped,
     logged with its line number and listed in ``.skipped`` of the returned list.
     """
@@ -203,7 +207,8 @@ def read_label_csv(path: str | Path, path_column: str = "path", label_column: st
             raise ValueError(f"{p}: label CSV lacks column(s) {missing}; found columns {header} "
                              f"(need {path_column!r} and {label_column!r})")
         ip, il = names.index(path_column.lower()), names.index(label_column.lower())
-        rows, skipped = [], []
+        root = Path(audio_dir) if audio_dir is not None else p.parent
+        rows, skipped, lines = [], [], []
         for row in reader:
             line = reader.line_num
             if not any(cell.strip() for cell in row):
@@ -216,10 +221,11 @@ def read_label_csv(path: str | Path, path_column: str = "path", label_column: st
                 log.warning("%s line %d: %s, row skipped: %r", p, line, reason, row)
                 continue
             ap = Path(audio)
-            rows.append((str(ap if ap.is_absolute() else p.parent / ap), label))
+            rows.append((str(ap if ap.is_absolute() else root / ap), label))
+            lines.append(line)
     if skipped:
         log.warning("%s: %d row(s) skipped (lines %s)", p, len(skipped), ", ".join(str(n) for n, _ in skipped[:20]))
-    return LabelRows(rows, skipped)
+    return LabelRows(rows, skipped, lines)
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -3,7 +3,10 @@
 ``evaluate_checkpoint`` is what ``jobs/train_adiff.py`` and ``jobs/evaluate.py`` call for each model: it writes
 ``scores.json`` and the predictions table into the active MLflow run, with metric keys
 ``<dataset>/<task>/<tier or all>/<metric>``. ``comparison_table`` puts several models side by side in the shape of
-ADIFF's tables (one row per model and tier, one column per metric).
+ADIFF's tables (one row per model and tier, one column per metric). With ``evaluate.classify`` each model also
+answers label questions on classification sets (``audiopair.evaluate.downstream``): metrics
+``<set>/classify/all/accuracy``, a confusion-matrix PNG and a predictions table per set, and the report gains an
+ACC-Table-3-shaped accuracy table (``classify_table``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from audiopair.config import Config
-from audiopair.evaluate.generate import generate
+from audiopair.evaluate.downstream import Classification, ClassifySet, classify_checkpoint, prepare_all
+from audiopair.evaluate.generate import generate, is_qwen
 from audiopair.evaluate.score import ScoreReport, score_groups
-from audiopair.train.adiff import load_examples
+from audiopair.data.manifest import mix_tasks, resolve_audio
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +37,34 @@ class Evaluation:
     rows: list[dict]
     skipped: list[str] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)  # hallucination views drawn (evaluate.draw)
+    classify: dict[str, Classification] = field(default_factory=dict)  # set name -> accuracy (evaluate.classify)
 
     def value(self, task: str, group: str, metric: str) -> float | None:
         rep = self.reports.get(task, {}).get(group)
         return None if rep is None else rep.values.get(metric)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "skipped": self.skipped,
-                "reports": {t: {g: r.to_dict() for g, r in gs.items()} for t, gs in self.reports.items()}}
+        out = {"name": self.name, "skipped": self.skipped,
+               "reports": {t: {g: r.to_dict() for g, r in gs.items()} for t, gs in self.reports.items()}}
+        if self.classify:
+            out["classify"] = {n: c.to_dict() for n, c in self.classify.items()}
+        return out
 
 
 def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit: int | None, seed: int = 0,
                    on_error=None):
     """Examples of ``tasks`` in ``split``; with ``limit``, a seeded sample of at most that many per task and tier.
     Bad records go to ``on_error`` (skipped) when it is given."""
+    def convert(manifest: Path, r) -> dict:
+        return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "references": r.references,
+                "eval_prompt": r.meta.get("eval_prompt", r.prompt),
+                "clips": list(r.meta["clips"]) if "clips" in r.meta else [r.meta.get("clip", "")],  # feature ids
+                # files, for models that read audio (records holding a render recipe have none)
+                "audio": [str(p) for p in resolve_audio(manifest, r)] if isinstance(r.audio, list) else []}
+
     out = []
     for task in tasks:
-        ex = load_examples(dataset_dir, split, {task: 1.0}, seed, on_error)
+        ex = mix_tasks(dataset_dir, split, {task: 1.0}, seed, convert, on_error)
         if limit:
             rng = random.Random(seed)
             by_tier: dict = {}
@@ -61,6 +76,11 @@ def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit:
     return out
 
 
+def qwen_audio(cfg: Config) -> dict:
+    """How a Qwen2-Audio model hears its audio at evaluation: as in its finetuning."""
+    return {"max_seconds": cfg.finetune.max_audio_seconds, "system": cfg.finetune.system_prompt}
+
+
 def _groups(rows: list[dict]) -> dict[str, list[int]]:
     groups = {"all": list(range(len(rows)))}
     for i, r in enumerate(rows):
@@ -70,18 +90,21 @@ def _groups(rows: list[dict]) -> dict[str, list[int]]:
 
 
 def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflow: bool = True,
-                        say=print) -> Evaluation:
-    """Generate for ``cfg.evaluate``'s split and tasks with the model in ``model_dir``, score, and (into the active
-    MLflow run) log metrics, ``scores.json`` and the predictions table."""
+                        say=print, classify_sets: list[ClassifySet] | None = None) -> Evaluation:
+    """Generate for ``cfg.evaluate``'s split and tasks with the model in ``model_dir``, score, classify
+    ``cfg.evaluate.classify``'s sets (``classify_sets`` when already prepared), and (into the active MLflow run) log
+    metrics, ``scores.json``, the predictions tables and the confusion matrices."""
     ev = cfg.evaluate
     bad_records: list[str] = []
     examples = split_examples(cfg.dataset.output_dir, ev.split, ev.tasks, ev.limit,
                               on_error=lambda e: bad_records.append(str(e)))
     if bad_records:
         log.warning("%d bad manifest records skipped, e.g. %s", len(bad_records), bad_records[0])
-    say(f"[{name}] generating {len(examples)} {ev.split} examples ({ev.decoding.strategy}, batch {ev.batch_size})")
-    rows = generate(model_dir, cfg.dataset.output_dir, examples, ev.decoding, ev.batch_size, ev.num_actors,
-                    ev.gpus_per_actor)
+    rows = []
+    if examples or not ev.classify:  # a classification-only run (evaluate.tasks=[]) needs no built dataset
+        say(f"[{name}] generating {len(examples)} {ev.split} examples ({ev.decoding.strategy}, batch {ev.batch_size})")
+        rows = generate(model_dir, cfg.dataset.output_dir, examples, ev.decoding, ev.batch_size, ev.num_actors,
+                        ev.gpus_per_actor, qwen_audio(cfg))
     skipped = bad_records + [r["error"] for r in rows if r["error"]]
     rows = [r for r in rows if not r["error"]]
     reports: dict[str, dict[str, ScoreReport]] = {}
@@ -93,8 +116,18 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflo
         reports[task] = score_groups([r["prediction"] for r in mine], [r["references"] for r in mine],
                                      _groups(mine), ev.metrics)
     result = Evaluation(name, reports, rows, skipped)
-    if ev.draw:
+    if ev.draw and not is_qwen(model_dir):  # the view needs ADIFF's frozen event encoder
         result.figures = draw_pairs(model_dir, cfg, rows, Path(cfg.work_dir) / "figures" / name)
+    for cset in (classify_sets if classify_sets is not None else prepare_all(cfg)) if ev.classify else []:
+        say(f"[{name}] classifying {len(cset.rows)} {cset.name} clips")
+        c = classify_checkpoint(model_dir, cfg.dataset, cset, ev.decoding, ev.batch_size, ev.num_actors,
+                                ev.gpus_per_actor, cfg.work_dir, qwen_audio=qwen_audio(cfg),
+                                figure=Path(cfg.work_dir) / "figures" / name / f"confusion_{cset.name}.png",
+                                title=f"{cset.name}: {name}")
+        result.classify[cset.name] = c
+        acc = "-" if c.accuracy is None else f"{c.accuracy:.1%}"
+        say(f"[{name}] {cset.name}: accuracy {acc} of {c.report['n']} ({c.seconds:.1f} s"
+            + (f", {len(c.skipped)} skipped)" if c.skipped else ")"))
     if log_mlflow:
         _log(result, cfg)
     return result
@@ -146,13 +179,23 @@ def _log(result: Evaluation, cfg: Config) -> None:
     log_predictions(result.rows, f"predictions/{cfg.evaluate.split}.json")
     for fig in result.figures:
         mlflow.log_artifact(str(fig), "hallucination")
+    for c in result.classify.values():
+        mlflow.log_metrics(c.metrics())
+        mlflow.log_text(json.dumps(c.to_dict(), indent=2, sort_keys=True, allow_nan=False),
+                        f"classify/{c.name}/report.json")
+        if c.rows:
+            mlflow.log_table(data=c.table(), artifact_file=f"classify/{c.name}/predictions.json")
+        if c.confusion:
+            mlflow.log_artifact(str(c.confusion), f"classify/{c.name}")
 
 
 def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir: str | Path, title: str,
-                    say=print, parallel: int = 1) -> tuple[list[Evaluation], Path]:
+                    say=print, parallel: int = 1, classify_sets: list[ClassifySet] | None = None) \
+        -> tuple[list[Evaluation], Path]:
     """Each named model folder evaluated in its own MLflow child run of the active run (``parallel`` at a time),
     then the side-by-side report written to ``report_dir`` and logged to the active run. Returns the evaluations
-    (in the given order) and the Markdown report's path."""
+    (in the given order) and the Markdown report's path. ``evaluate.classify``'s sets are prepared once for all
+    models (or passed in as ``classify_sets``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import mlflow
@@ -160,10 +203,12 @@ def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir:
     from audiopair import tracking
 
     parent = mlflow.active_run().info.run_id
+    if classify_sets is None:
+        classify_sets = prepare_all(cfg) if cfg.evaluate.classify else []
 
     def one(name: str, path) -> Evaluation:
         with tracking.run(f"{name}/evaluate", parent=parent, tags={"model": name, "checkpoint": str(path)}):
-            return evaluate_checkpoint(path, cfg, name, say=say)
+            return evaluate_checkpoint(path, cfg, name, say=say, classify_sets=classify_sets)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(one, checkpoints, checkpoints.values()))
@@ -193,10 +238,48 @@ def comparison_table(results: list[Evaluation], task: str, metrics: list[str]) -
     return "\n".join(lines)
 
 
+def classify_sets_of(results: list[Evaluation]) -> list[str]:
+    """Names of the classification sets any model was scored on, in first-seen order."""
+    return list(dict.fromkeys(n for r in results for n in r.classify))
+
+
+def classify_rows(results: list[Evaluation]) -> list[list[str]]:
+    """ACC Table 3's shape: ``[model, accuracy % per set...]``, ``-`` where a set was not scored (or had no clip)."""
+    rows = []
+    for r in results:
+        cells = []
+        for n in classify_sets_of(results):
+            acc = r.classify[n].accuracy if n in r.classify else None
+            cells.append("-" if acc is None else f"{100 * acc:.2f}%")
+        rows.append([r.name] + cells)
+    return rows
+
+
+def classify_footnote(results: list[Evaluation]) -> list[str]:
+    """Per set: clips scored, skipped and left out, and the question asked (from the first model that ran it)."""
+    out = []
+    for n in classify_sets_of(results):
+        c = next(r.classify[n] for r in results if n in r.classify)
+        extra = (f", {len(c.skipped)} skipped" if c.skipped else "") + \
+            (f", {c.excluded} outside the label set" if c.excluded else "")
+        out.append(f"{n}: {c.report['n']} clips, {len(c.report['labels'])} labels{extra}; prompt: {c.prompt!r}"
+                   + "".join(f" ({note})" for note in c.notes))
+    return out
+
+
+def classify_table(results: list[Evaluation]) -> str:
+    """Downstream classification accuracy as a Markdown table: one row per model, one column per set."""
+    head = ["model"] + classify_sets_of(results)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in classify_rows(results)]
+    return "\n".join(lines)
+
+
 def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str], folder: str | Path,
                  title: str) -> tuple[Path, Path]:
     """``report.md``, ``report.html`` and ``scores.json`` in ``folder`` (written atomically): one table per task, the
-    metrics that did not run and why, and every model's full scores."""
+    downstream classification accuracies (when any ran), the metrics that did not run and why, and every model's
+    full scores."""
     from audiopair.data.io import atomic_write_text
 
     folder = Path(folder)
@@ -210,6 +293,15 @@ def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str]
         cells = "".join(f"<th>{html.escape(h)}</th>" for h in ["group", "model"] + metrics)
         trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
         body.append(f"<h2>{html.escape(task)}</h2><table border=1 cellpadding=4><tr>{cells}</tr>{trs}</table>")
+    if any(r.classify for r in results):
+        heading = "Downstream classification accuracy"
+        notes = classify_footnote(results)
+        md += [f"## {heading}", "", classify_table(results), ""] + [f"- {n}" for n in notes] + [""]
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in ["model"] + classify_sets_of(results))
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                      for row in classify_rows(results))
+        body.append(f"<h2>{heading}</h2><table border=1 cellpadding=4><tr>{cells}</tr>{trs}</table><ul>"
+                    + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     missing = {m: why for r in results for gs in r.reports.values() for rep in gs.values()
                for m, why in rep.unavailable.items()}
     if missing:

@@ -24,9 +24,8 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> GPT2TokenizerFast:
     return tok
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.PathLike,
-                    min_frequency: int = 2) -> GPT2TokenizerFast:
-    """Byte-level BPE (GPT-2's scheme) trained on ``texts``, saved as a GPT2TokenizerFast folder and returned."""
+def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str], min_frequency: int = 2):
+    """A byte-level BPE (GPT-2's and Qwen2's scheme) trained on ``texts``; ``special_tokens`` get the first ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -34,11 +33,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.Path
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is ever unknown
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.PathLike,
+                    min_frequency: int = 2) -> GPT2TokenizerFast:
+    """A GPT-2 tokenizer trained on ``texts`` (see ``train_bpe``), saved as a GPT2TokenizerFast folder and returned."""
+    tok = train_bpe(texts, vocab_size, [EOS], min_frequency)
     fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

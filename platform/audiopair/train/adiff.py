@@ -8,14 +8,13 @@ embeddings once per worker, so the epochs do not re-run it (the encoder runs eve
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import torch
 
 from audiopair.config import Config
 from audiopair.data.features import FeatureStore
-from audiopair.data.manifest import manifest_path, read_manifest
+from audiopair.data.manifest import mix_tasks
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
 from audiopair.models.tokenizer import encode_answers, encode_prompts, load_tokenizer
 from audiopair.train.engine import Recipe, local_dir
@@ -24,22 +23,14 @@ from audiopair.train.pretrain import LABELS
 
 def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int,
                   on_error=None) -> list[dict]:
-    """Records of each weighted task in ``split`` as plain dicts (prompt, target, the two clip ids, task, tier).
-    A bad record stops the load, or with ``on_error`` (see ``read_manifest``) is skipped."""
-    rng = random.Random(seed)
-    out: list[dict] = []
-    for task, w in sorted(weights.items()):
-        if w <= 0:
-            continue
-        path = manifest_path(dataset_dir, task, split)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: build the dataset with these tasks (dataset.tasks.enabled)")
-        recs = [{"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "target": r.target,
-                 "eval_prompt": r.meta.get("eval_prompt", r.prompt), "references": r.references,
-                 "clips": list(r.meta["clips"])} for r in read_manifest(path, on_error)]
-        whole, frac = int(w), w - int(w)
-        out += recs * whole + rng.sample(recs, int(round(frac * len(recs))))
-    return out
+    """Records of each weighted task in ``split`` (see ``mix_tasks``) as plain dicts (prompt, target, the two clip
+    ids, task, tier)."""
+    def convert(_, r) -> dict:
+        return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "target": r.target,
+                "eval_prompt": r.meta.get("eval_prompt", r.prompt), "references": r.references,
+                "clips": list(r.meta["clips"])}
+
+    return mix_tasks(dataset_dir, split, weights, seed, convert, on_error)
 
 
 class AudioBank:
@@ -123,6 +114,38 @@ def make_recipe(config: dict) -> Recipe:
 
 
 # ---------------------------------------------------------------------------------------------- the whole schedule
+def unimodal_stages(u) -> tuple:
+    """Stage 1's two trainings (``train.unimodal``) as ``(encoder, LM)`` stage configs."""
+    from audiopair.config import StageConfig
+
+    return (StageConfig(name="unimodal", epochs=u.encoder_epochs, lr=u.encoder_lr, weight_decay=0.01,
+                        micro_batch=u.encoder_micro_batch),
+            StageConfig(name="unimodal", epochs=u.lm_epochs, lr=u.lm_lr))
+
+
+def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, parent: str | None, label: str,
+                 say=print):
+    """``engine.fit_stage`` in an MLflow child run ``label`` of run id ``parent``: the stage's parameters, per-epoch
+    and final metrics, its checkpoint as a tag. Returns the checkpoint."""
+    import mlflow
+
+    from audiopair import tracking
+    from audiopair.train.engine import fit_stage
+
+    say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
+    with tracking.run(label, parent=parent, tags={"stage": stage_name}):
+        mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
+        ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
+        if result is not None:
+            tracking.log_epochs(result)
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
+                            if k in ("train_loss", "val_loss", "samples_per_s", "setup_s")})
+        mlflow.set_tag("checkpoint", ckpt.path)
+    say(f"[{run}] train loss {metrics.get('train_loss', float('nan')):.3f}, "
+        f"val loss {metrics.get('val_loss', float('nan')):.3f}")
+    return ckpt
+
+
 def train_adiff(cfg: Config, say=print) -> dict:
     """Every stage of every ``train.variants`` model; returns ``{variant: final checkpoint}``.
 
@@ -136,8 +159,6 @@ def train_adiff(cfg: Config, say=print) -> dict:
     import mlflow
 
     from audiopair import tracking
-    from audiopair.config import StageConfig
-    from audiopair.train.engine import fit_stage
     from audiopair.train.pretrain import make_encoder_recipe, make_lm_recipe
 
     tc, name, app = cfg.train, cfg.train.run_name, cfg.model_dump(mode="json")
@@ -146,19 +167,8 @@ def train_adiff(cfg: Config, say=print) -> dict:
     active = mlflow.active_run()
     job_run = active.info.run_id if active else None
 
-    def stage(recipe, stage_name: str, run: str, extra: dict, stage_cfg: StageConfig, parent: str | None):
-        say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
-        with tracking.run(run.removeprefix(f"{name}-"), parent=parent, tags={"stage": stage_name}):
-            mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
-            ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
-            if result is not None:
-                tracking.log_epochs(result)
-            mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
-                                if k in ("train_loss", "val_loss", "samples_per_s", "setup_s")})
-            mlflow.set_tag("checkpoint", ckpt.path)
-        say(f"[{run}] train loss {metrics.get('train_loss', float('nan')):.3f}, "
-            f"val loss {metrics.get('val_loss', float('nan')):.3f}")
-        return ckpt
+    def stage(recipe, stage_name: str, run: str, extra: dict, stage_cfg, parent: str | None):
+        return logged_stage(recipe, tc, stage_name, run, extra, stage_cfg, parent, run.removeprefix(f"{name}-"), say)
 
     def at_once(jobs: list) -> list:
         with ThreadPoolExecutor(max_workers=tc.parallel) as pool:
@@ -166,10 +176,7 @@ def train_adiff(cfg: Config, say=print) -> dict:
 
     pretrained, tokenizer = None, cfg.model.lm_pretrained
     if tc.unimodal.enabled:
-        u = tc.unimodal
-        enc_stage = StageConfig(name="unimodal", epochs=u.encoder_epochs, lr=u.encoder_lr, weight_decay=0.01,
-                                micro_batch=u.encoder_micro_batch)
-        lm_stage = StageConfig(name="unimodal", epochs=u.lm_epochs, lr=u.lm_lr)
+        enc_stage, lm_stage = unimodal_stages(tc.unimodal)
         enc, lm = at_once([
             lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"app": app}, enc_stage, job_run),
             lambda: stage(make_lm_recipe, "unimodal", f"{name}-unimodal-lm", {"app": app, "tokenizer": None},

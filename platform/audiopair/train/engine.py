@@ -36,9 +36,11 @@ class Recipe:
     train_examples: Callable[[], list]  # all training examples (the loop shards them by rank)
     val_examples: Callable[[], list]
     collate: Callable[[list], dict]  # examples -> keyword arguments of model.forward (tensors on CPU)
-    save_model: Callable[[torch.nn.Module, Path], None]  # write the model into a folder
-    load_model: Callable[[torch.nn.Module, Path], None]  # read it back into a built model
+    # write the model into a folder; ``state_dict`` is None, or under ZeRO-3 the full weights gathered from every rank
+    save_model: Callable[..., None]
+    load_model: Callable[[torch.nn.Module, Path], None]  # read it back into a built model (before DeepSpeed wraps it)
     length: Callable[[object], int] | None = None  # an example's rough length: batches group similar lengths
+    tokens: Callable[[dict], int] | None = None  # a collated batch's real (unpadded) tokens, for tokens_per_s
 
 
 def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float = 0.0, step_every: int = 0, gamma: float = 0.5):
@@ -124,6 +126,12 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 
     model = recipe.build_model()
+    ckpt = ray.train.get_checkpoint()
+    progress: dict = {}
+    if ckpt:  # a restarted worker or job: weights first, into the plain model (ZeRO-3 partitions it afterwards)
+        with ckpt.as_directory() as d:
+            recipe.load_model(model, Path(d) / "model")
+            progress = json.loads((Path(d) / "progress.json").read_text())
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     train_ex, val_ex = recipe.train_examples(), recipe.val_examples()
@@ -143,11 +151,8 @@ def train_loop(config: dict) -> None:
         dist_init_required=False)
 
     start_epoch = 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:  # a restarted worker or job: continue after the last reported epoch
+    if ckpt:  # continue after the last reported epoch
         with ckpt.as_directory() as d:
-            recipe.load_model(engine.module, Path(d) / "model")
-            progress = json.loads((Path(d) / "progress.json").read_text())
             start_epoch = int(progress["epoch"]) + 1
             files = [Path(d) / f"train_state_rank{r}.pt" for r in range(world)]
             if progress.get("world") == world and all(f.exists() for f in files):
@@ -161,11 +166,13 @@ def train_loop(config: dict) -> None:
     setup_s = time.perf_counter() - started  # model, examples, embedding cache, DeepSpeed: paid once per stage
     for epoch in range(start_epoch, stage_cfg.epochs):
         engine.train()
-        t0, seen, losses = time.perf_counter(), 0, []
+        t0, seen, tokens, losses = time.perf_counter(), 0, 0, []
         batches = micro_batches(train_ex, rank, world, micro, epoch, tc.seed, shuffle=True,
                                 length=recipe.length)
         for i, batch in enumerate(batches):
-            out = engine(**_to(recipe.collate(batch), device))
+            inputs = recipe.collate(batch)
+            tokens += recipe.tokens(inputs) if recipe.tokens else 0
+            out = engine(**_to(inputs, device))
             engine.backward(out.loss)
             engine.step()
             losses.append(float(out.loss.detach()))
@@ -179,12 +186,14 @@ def train_loop(config: dict) -> None:
         metrics = {
             "epoch": epoch, "stage": config["stage"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "val_loss": val_loss, "lr": sched.get_last_lr()[0], "samples_per_s": seen * world / max(train_seconds, 1e-9),
-            "steps": len(batches), "start_epoch": start_epoch, "world": world, "setup_s": setup_s,
+            "steps": len(batches), "tokens_per_s": tokens * world / max(train_seconds, 1e-9), "start_epoch": start_epoch, "world": world, "setup_s": setup_s,
             "epoch_s": time.perf_counter() - t0,
         }
+        # ZeRO-3 holds a slice of each weight per rank: every rank joins the gather, rank 0 writes the result
+        full = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                recipe.save_model(engine.module, Path(tmp) / "model")
+                recipe.save_model(engine.module, Path(tmp) / "model", **({"state_dict": full} if full else {}))
                 (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "world": world}))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                         "torch_rng": torch.get_rng_state()}, Path(tmp) / f"train_state_rank{rank}.pt")
@@ -219,10 +228,11 @@ def evaluate_loss(engine, recipe: Recipe, examples: list, rank: int, world: int,
 
 
 def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_name: str, extra: dict | None = None,
-        stage_cfg=None):
+        stage_cfg=None, callbacks: list | None = None):
     """Run one stage on Ray Train; returns the ``Result`` (metrics, best/last checkpoint).
 
     ``stage_cfg`` (a ``StageConfig``) overrides ``train_cfg.stage(stage)`` (stage 1's trainings use their own).
+    ``callbacks``: Ray Train callbacks of the run (a sweep's trial passes the one that reports epochs to Tune).
     Restarting with the same ``run_name`` and ``storage_path`` resumes from the last reported checkpoint; a worker
     that dies is replaced and resumes too (``FailureConfig(max_failures)``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -240,6 +250,7 @@ def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_nam
             name=run_name, storage_path=storage,
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.keep_checkpoints),
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()
@@ -296,14 +307,15 @@ def finished_stage(train_cfg, run_name: str):
     return ray.train.Checkpoint(done["checkpoint"], filesystem=fs), done["metrics"]
 
 
-def fit_stage(recipe_factory, train_cfg, stage: str, run_name: str, extra: dict | None = None, stage_cfg=None):
+def fit_stage(recipe_factory, train_cfg, stage: str, run_name: str, extra: dict | None = None, stage_cfg=None,
+              callbacks: list | None = None):
     """:func:`fit`, once: ``(checkpoint, final metrics, Result or None)``. A completed stage (same run name and
     storage) is not trained again; a stage that was interrupted resumes from its last epoch. Raises when training
     failed for good."""
     done = finished_stage(train_cfg, run_name)
     if done:
         return done[0], done[1], None
-    res = fit(recipe_factory, train_cfg, stage, run_name, extra, stage_cfg)
+    res = fit(recipe_factory, train_cfg, stage, run_name, extra, stage_cfg, callbacks)
     if res.error is not None:
         raise RuntimeError(f"training stage {run_name!r} failed: {res.error}") from res.error
     fs, root = _storage(train_cfg)

@@ -1,0 +1,202 @@
+"""Qwen2-Audio finetuning (ACC §3.2) on a tiny random model saved to disk and loaded through the real loading path:
+batches and labels, LoRA targets, adapter checkpoints, resume, merge, generation, and training on 2 Ray workers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audiopair.config import LoraConfig, TinyQwenConfig
+from audiopair.models import qwen2_audio as q
+from conftest import REPO, TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TEXTS = ["A dog barks twice and a car passes.", "Crickets chirp at night and a machine hums.",
+         "Rain falls on a roof while thunder rumbles.", "What do the two audios have in common?"] * 20
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return q.make_tiny(tmp_path_factory.mktemp("qwen") / "tiny-qwen2-audio", TEXTS, TinyQwenConfig(enabled=True))
+
+
+def _waves(*seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
+
+
+ROWS = [{"id": "acc/1", "prompt": "What do the two audios have in common?", "target": "A dog barks twice."},
+        {"id": "ac/2", "prompt": "Describe the audio.", "target": "Rain falls on a roof while thunder rumbles."}]
+WAVES = [_waves(4.0, 3.0), _waves(2.0, seed=1)]
+
+
+def test_tiny_base_loads_like_the_hub_model(base):
+    model, processor = q.load_base(base)
+    assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert model.config.audio_token_index == processor.audio_token_id == processor.tokenizer.convert_tokens_to_ids(
+        "<|AUDIO|>")
+    assert processor.feature_extractor.sampling_rate == 16000 and q.window_seconds(processor) == 10.0
+    text = q.prompt_text(processor, "Compare them.", 2)
+    assert "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nAudio 2: <|audio_bos|><|AUDIO|><|audio_eos|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_batch_labels_only_the_answer_and_audio_tokens_match_features(base):
+    _, processor = q.load_base(base)
+    b = q.encode_batch(processor, ROWS, WAVES, max_answer_tokens=64)
+    tok = processor.tokenizer
+    assert b["input_features"].shape == (3, 128, 1000)  # three audios, 10 s Whisper windows (the tiny's)
+    frames = b["feature_attention_mask"].sum(-1).tolist()
+    assert frames == [400, 300, 200]  # 10 ms hop: only the real audio counts
+    tokens = q.audio_token_counts(b["feature_attention_mask"]).tolist()
+    assert tokens == [100, 75, 50]
+    audio = b["input_ids"] == processor.audio_token_id
+    assert audio.sum(-1).tolist() == [175, 50]
+    for i, row in enumerate(ROWS):
+        labelled = b["labels"][i] != -100
+        assert tok.decode(b["input_ids"][i][labelled]) == row["target"] + "<|im_end|>"
+        assert not (labelled & audio[i]).any()
+        # everything before the answer is prompt; padding is neither attended nor labelled
+        first = int(labelled.nonzero()[0])
+        assert tok.decode(b["input_ids"][i][:first]).endswith("<|im_start|>assistant\n")
+        pad = b["attention_mask"][i] == 0
+        assert not (pad & labelled).any() and int((~pad).sum()) == first + int(labelled.sum())
+    cut = q.encode_batch(processor, ROWS[1:], WAVES[1:], max_answer_tokens=3)
+    assert int((cut["labels"] != -100).sum()) == 3  # cut answers get no <|im_end|>
+
+
+def test_bad_audio_token_counts_name_the_record(base):
+    _, processor = q.load_base(base)
+    sneaky = [{"id": "ac/bad", "prompt": "Describe <|AUDIO|> this.", "target": "x"}]
+    with pytest.raises(ValueError, match="ac/bad"):
+        q.encode_batch(processor, sneaky, [_waves(1.0)])
+    b = q.encode_batch(processor, ROWS, WAVES)
+    mask = b["feature_attention_mask"].clone()
+    mask[0, 390:] = 0  # features that no longer match the expanded text
+    with pytest.raises(ValueError, match=r"record acc/1: 175 audio tokens .* make 172"):
+        q.check_audio_tokens(b["input_ids"], mask, [2, 1], processor.audio_token_id, ["acc/1", "ac/2"])
+
+
+def test_long_audio_is_cropped_with_a_warning(base, caplog):
+    _, processor = q.load_base(base)
+    with caplog.at_level(logging.WARNING):
+        w = q.fit_window(_waves(11.0)[0], processor, None, "ac/long (x.flac)")
+    assert len(w) == 10 * 16000 and "ac/long (x.flac): 11.0 s of audio cropped to 10.0 s" in caplog.text
+    assert len(q.fit_window(_waves(12.0)[0], processor, 5.0, "y")) == 5 * 16000
+    b = q.encode_batch(processor, ROWS[1:], [[w]])
+    assert q.audio_token_counts(b["feature_attention_mask"]).tolist() == [250]
+
+
+def test_lora_trains_only_adapters_on_the_language_model(base):
+    model, _ = q.load_base(base)
+    lora = LoraConfig()
+    pm = q.prepare_for_training(model, "lora", lora)
+    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and ".language_model." in n for n in trainable)
+    t = model.config.text_config
+    kv = t.hidden_size // t.num_attention_heads * t.num_key_value_heads
+    shapes = {"q_proj": (t.hidden_size, t.hidden_size), "k_proj": (t.hidden_size, kv), "v_proj": (t.hidden_size, kv),
+              "o_proj": (t.hidden_size, t.hidden_size), "gate_proj": (t.hidden_size, t.intermediate_size),
+              "up_proj": (t.hidden_size, t.intermediate_size), "down_proj": (t.intermediate_size, t.hidden_size)}
+    want = t.num_hidden_layers * sum(lora.r * (i + o) for i, o in shapes.values())
+    assert sum(p.numel() for p in trainable.values()) == want
+    lora_mod = next(m for n, m in pm.named_modules() if n.endswith("language_model.model.layers.0.self_attn.q_proj"))
+    assert lora_mod.scaling["default"] == 32 / 8 and lora_mod.lora_dropout["default"].p == 0.05
+
+    full, _ = q.load_base(base)
+    q.prepare_for_training(full, "full", train_projector=True)
+    for n, p in full.named_parameters():
+        assert p.requires_grad == (not n.startswith("audio_tower.")), n
+
+
+def test_adapter_checkpoint_resume_merge_and_generate(base, tmp_path):
+    model, processor = q.load_base(base)
+    pm = q.prepare_for_training(model, "lora", LoraConfig())
+    batch = q.encode_batch(processor, ROWS, WAVES)
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):  # move the adapter away from its zero init
+        pm(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    pm.eval()
+    with torch.no_grad():
+        loss = float(pm(**batch).loss)
+    q.save_finetuned(pm, tmp_path / "adapter", processor, base=str(base), method="lora")
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", q.META} <= files and "model.safetensors" not in files
+    size = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert size < (base / "model.safetensors").stat().st_size / 5  # the adapter only
+
+    fresh = q.prepare_for_training(q.load_base(base)[0], "lora", LoraConfig())
+    q.load_weights_into(fresh, tmp_path / "adapter", "lora")  # what a resumed run does
+    fresh.eval()
+    with torch.no_grad():
+        assert float(fresh(**batch).loss) == pytest.approx(loss, abs=1e-6)
+
+    loaded, proc2 = q.load_finetuned(tmp_path / "adapter")
+    loaded.eval()
+    merged_dir = q.merge_lora(tmp_path / "adapter", tmp_path / "merged")
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    merged = Qwen2AudioForConditionalGeneration.from_pretrained(merged_dir).eval()  # no peft needed
+    assert json.loads((merged_dir / q.META).read_text())["method"] == "full"
+    with torch.no_grad():
+        a, b = loaded(**batch).logits, merged(**batch).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    texts = q.generate_texts(loaded, proc2, ROWS, WAVES, max_new_tokens=6, do_sample=False)
+    assert len(texts) == 2 and texts == q.generate_texts(merged, proc2, ROWS, WAVES, max_new_tokens=6,
+                                                         do_sample=False)
+    assert texts[0] == q.generate_texts(merged, proc2, ROWS[:1], WAVES[:1], max_new_tokens=6, do_sample=False)[0]
+
+
+def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_dataset, base, tmp_path):
+    """jobs/finetune_qwen2_audio.py in process: LoRA on 2 Ray workers with DeepSpeed ZeRO-2, MLflow run with
+    per-epoch metrics and the adapter, a merged model, AC/ACC scores; a re-run reuses the finished training. (A
+    killed worker resuming is the engine's, tested in test_train.py; the recipe's weight reload is tested above.)"""
+    import importlib.util
+    import math
+
+    import mlflow
+
+    dcfg, _ = tiny_dataset
+    spec = importlib.util.spec_from_file_location("finetune_job", REPO / "jobs" / "finetune_qwen2_audio.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = TINY + [f"dataset.output_dir={dcfg.dataset.output_dir}", f"train.storage_path={tmp_path / 'runs'}",
+                   f"work_dir={tmp_path / 'work'}", f"finetune.model={base}", "train.num_workers=2",
+                   "finetune.epochs=2", "finetune.lr=1e-2", "finetune.micro_batch=2", "finetune.grad_accum=2",
+                   "finetune.task_weights={ac: 1.0, acc: 0.5}", "finetune.run_name=qwen-test", "finetune.merge=true",
+                   "finetune.evaluate_tasks=[ac, acc]", "evaluate.limit=4", "evaluate.decoding.max_new_tokens=8",
+                   "evaluate.classify=[]", "evaluate.metrics=[bleu_4, cider_d]"]
+    assert job.main(args) == 0
+
+    client = mlflow.tracking.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("audiopair-demo").experiment_id],
+                             "attributes.run_name = 'qwen-test'")[0]
+    loss = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert len(loss) == 2 and loss[1] < loss[0] - 0.1  # it learns ...
+    vocab = len(q.load_base(base)[1].tokenizer)
+    assert run.data.metrics["final_val_loss"] < math.log(vocab) - 0.3  # ... below a uniform guess
+    assert run.data.metrics["final_tokens_per_s"] > 0 and run.data.params["finetune.lora.r"] == "8"
+    assert len(client.get_metric_history(run.info.run_id, "lr")) == 2
+    adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in adapter and "adapter/model.safetensors" not in adapter
+    model_dir = Path(run.data.tags["checkpoint"])
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    merged = Path(run.data.tags["merged_model"])
+    assert json.loads((merged / q.META).read_text())["method"] == "full" and (merged / "model.safetensors").is_file()
+    scored = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
+    assert {"demo/ac/all/cider_d", "demo/acc/all/cider_d", "demo/ac/all/bleu_4"} <= set(scored.data.metrics)
+    scores = json.loads((tmp_path / "work" / "reports" / "qwen-test" / "scores.json").read_text())
+    assert "qwen-test" in json.dumps(scores)
+
+    assert job.main(args) == 0  # the same run name again: training is finished, so it is reused, not repeated
+    runs = client.search_runs([run.info.experiment_id], "attributes.run_name = 'qwen-test'")
+    assert len(runs) == 2 and not client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert runs[0].data.tags["checkpoint"] == str(model_dir)
