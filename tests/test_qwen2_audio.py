@@ -200,3 +200,62 @@ def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_data
     runs = client.search_runs([run.info.experiment_id], "attributes.run_name = 'qwen-test'")
     assert len(runs) == 2 and not client.get_metric_history(runs[0].info.run_id, "train_loss")
     assert runs[0].data.tags["checkpoint"] == str(model_dir)
+
+
+def test_full_finetune_zero3_on_two_workers_saves_the_whole_gathered_model(tiny_dataset, base, tmp_path):
+    """Full finetuning under ZeRO-3 (weights partitioned across the 2 workers from the moment they load): the saved
+    checkpoint holds the whole model, gathered from the partitions, with the LM trained and the audio tower not."""
+    from safetensors.torch import load_file
+
+    from audiopair.config import load_config
+    from audiopair.data.pipeline import ensure_ray
+    from audiopair.train.engine import fit
+    from audiopair.train.qwen import finetune_stage, make_recipe
+
+    dcfg, _ = tiny_dataset
+    cfg = load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + [
+        f"dataset.output_dir={dcfg.dataset.output_dir}", f"train.storage_path={tmp_path / 'runs'}",
+        f"finetune.model={base}", "train.num_workers=2", "finetune.method=full", "finetune.epochs=1",
+        "finetune.lr=3e-3", "finetune.micro_batch=2", "finetune.grad_accum=1", "finetune.task_weights={ac: 1.0}",
+        "finetune.run_name=qwen-full"])
+    ensure_ray()
+    tc, stage = finetune_stage(cfg)
+    assert tc.zero_stage == 3  # the default for full finetuning
+    res = fit(make_recipe, tc, "finetune", "qwen-full", {"app": cfg.model_dump(mode="json")}, stage)
+    assert res.error is None and res.metrics["world"] == 2
+    start = load_file(str(base / "model.safetensors"))
+    after = load_file(str(Path(res.checkpoint.path) / "model" / "model.safetensors"))
+    assert set(after) == set(start) and all(after[k].shape == start[k].shape for k in start)  # gathered, whole
+    changed = [k for k in start if not torch.equal(start[k], after[k])]
+    assert any(k.startswith("language_model.") for k in changed)
+    assert not any(k.startswith("audio_tower.") for k in changed)  # frozen by default
+
+
+def test_resuming_into_a_zero3_partitioned_model(base, tmp_path, monkeypatch):
+    """A resumed full-finetune run loads its checkpoint into a model that ZeRO-3 already partitioned at load time
+    (one process, a gloo group of one: the same DeepSpeed code path as on N GPUs)."""
+    import deepspeed
+    import torch.distributed as dist
+    from transformers.integrations import HfDeepSpeedConfig
+
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29577", "RANK": "0", "WORLD_SIZE": "1",
+                 "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    saved, processor = q.load_base(base)
+    with torch.no_grad():
+        for p in saved.language_model.parameters():
+            p.add_(0.01)  # "trained" weights that differ from the base
+    q.save_finetuned(saved, tmp_path / "ckpt", processor, base=str(base), method="full")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        keep = HfDeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}})
+        model, _ = q.load_base(base)
+        assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in model.parameters())  # partitioned at load
+        q.load_weights_into(model, tmp_path / "ckpt", "full")
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            got = {k: v.clone() for k, v in model.state_dict().items()}
+        del keep
+    finally:
+        dist.destroy_process_group()
+    want = saved.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -112,6 +112,21 @@ def load_weights_into(model, folder: str | os.PathLike, method: str) -> None:
 
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
         return
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        _load_full(model, folder)
+        return
+    # ZeRO-3 built the model partitioned: gather every weight, let rank 0 load, DeepSpeed re-partitions on exit
+    import deepspeed
+    import torch.distributed as dist
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        if dist.get_rank() == 0:
+            _load_full(model, folder)
+
+
+def _load_full(model, folder: Path) -> None:
+    from safetensors.torch import load_file
     from transformers.modeling_utils import load_sharded_checkpoint
 
     if (folder / "model.safetensors").is_file():

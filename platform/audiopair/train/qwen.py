@@ -49,13 +49,23 @@ def make_recipe(config: dict) -> Recipe:
 
     cfg = Config.model_validate(config["app"])
     ft = cfg.finetune
+    tc = finetune_stage(cfg)[0]
     state: dict = {}
 
     def build():
-        model, processor = q.load_base(ft.model)
+        on_gpu = torch.cuda.is_available()
+        if tc.zero_stage == 3:
+            # ZeRO-3: from_pretrained partitions each weight across the workers as it loads (deepspeed.zero.Init),
+            # so no worker ever holds the whole model; the object must stay alive until DeepSpeed wraps the model
+            from transformers.integrations import HfDeepSpeedConfig
+
+            from audiopair.train.engine import deepspeed_config
+
+            state["zero3"] = HfDeepSpeedConfig(deepspeed_config(tc, on_gpu, ft.micro_batch))
+        bf16 = tc.precision == "bf16" or (tc.precision == "auto" and on_gpu)
+        model, processor = q.load_base(ft.model, torch.bfloat16 if bf16 else torch.float32)
         state["processor"] = processor
-        checkpointing = ft.gradient_checkpointing if ft.gradient_checkpointing is not None else \
-            torch.cuda.is_available()
+        checkpointing = ft.gradient_checkpointing if ft.gradient_checkpointing is not None else on_gpu
         return q.prepare_for_training(model, ft.method, ft.lora, ft.train_audio_tower, ft.train_projector,
                                       checkpointing)
 
