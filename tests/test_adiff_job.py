@@ -266,3 +266,53 @@ def test_bad_records_and_missing_audio_are_skipped_and_counted(tiny_dataset, che
     assert "adiff_test.jsonl:5" in ev.skipped[0] and "references" in ev.skipped[0]
     assert "lost-audio" in ev.skipped[1] and "gone/clip" in ev.skipped[1]
     assert len(ev.rows) == 4 and ev.reports["adiff"]["all"].n_candidates == 4
+
+
+def test_embedding_cache_is_made_once_and_read_only_by_the_same_encoder(tiny_dataset, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from audiopair.data.features import FeatureStore
+    from audiopair.data.pipeline import ensure_ray
+    from audiopair.models.adiff import set_stage
+    from audiopair.train.adiff import AudioBank
+    from audiopair.train.embeddings import cache_embeddings, cache_kind, cached, embed
+
+    dcfg, _ = tiny_dataset
+    ds = tmp_path / "ds"  # a private copy: the shared tiny dataset must not gain a cache other tests would read
+    shutil.copytree(Path(dcfg.dataset.output_dir) / "features" / "logmel", ds / "features" / "logmel")
+    cfg = load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + TINY_MODEL)
+    key = cache_embeddings(ds, cfg.model.encoder)
+    part = ds / "features" / cache_kind(key) / "part-00000.parquet"
+    store, mels = cached(ds, key), FeatureStore(ds)
+    assert store.ids() == mels.ids() and store[mels.ids()[0]].shape == (64,)  # every clip, the pooled width
+    stamp = part.stat().st_mtime_ns
+    assert cache_embeddings(ds, cfg.model.encoder) == key and part.stat().st_mtime_ns == stamp  # made once
+
+    tok = train_tokenizer(train_corpus(dcfg.dataset.output_dir), 400, tmp_path / "tok")
+    model = set_stage(build_model(cfg.model, tok), "grounding")
+    clips = set(mels.ids()[:12])
+    bank = AudioBank(ds, clips, model)
+    assert bank.from_cache  # the same encoder: read, not recomputed
+    c = sorted(clips)
+    want = embed(model.encoder, [mels[i] for i in c])
+    got = np.stack([bank(i).numpy() for i in c])
+    assert np.allclose(got, want, rtol=1e-2, atol=1e-3)  # float16 on disk
+    other_enc = cfg.model.encoder.model_copy(update={"seed": 1})
+    other = set_stage(build_model(cfg.model.model_copy(update={"encoder": other_enc}), tok), "grounding")
+    assert not AudioBank(ds, clips, other).from_cache  # another encoder never reads this cache
+
+    from audiopair.train.adiff import ensure_embeddings  # what train_adiff calls before each variant's stages
+
+    cfg.dataset.output_dir = str(ds)
+    assert ensure_embeddings(cfg, "language_only", None, None, "t", lambda m: None) == key  # same random encoder
+    trains = cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoder": cfg.model.encoder.model_copy(
+        update={"freeze": False})})})
+    assert ensure_embeddings(trains, "adiff", None, None, "t", lambda m: None) is None  # a trained encoder: no cache
+
+    ensure_ray()
+    ds2 = tmp_path / "ds2"
+    shutil.copytree(ds / "features" / "logmel", ds2 / "features" / "logmel")
+    assert cache_embeddings(ds2, cfg.model.encoder, num_actors=1) == key  # the Ray Data actor pool path
+    assert all(np.array_equal(cached(ds2, key)[i], store[i]) for i in store.ids())

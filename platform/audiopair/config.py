@@ -132,6 +132,11 @@ class FeatureConfig(Section):
     hop_length: int = Field(320, ge=16)
     f_min: float = Field(50.0, ge=0)
     f_max: float | None = 14000.0
+    # also cache model.encoder's embeddings after the build (a pretrained, frozen encoder: real-scale ADIFF), on a
+    # Ray Data pool of embedding_actors actors (GPU actors with embedding_gpus); training then never runs it
+    embeddings: bool = False
+    embedding_actors: int = Field(1, ge=0)
+    embedding_gpus: float = Field(0.0, ge=0)
 
 
 class DatasetConfig(Section):
@@ -286,6 +291,9 @@ class TrainConfig(Section):
     # independent trainings run at once (stage 1's encoder and LM; the variants), each on num_workers workers:
     # on a small machine two 1-worker runs overlap each other's start-up, on a cluster they fill more GPUs
     parallel: int = Field(1, ge=1)
+    # the frozen encoder's embeddings are computed once per variant before its stages: 0 in the job's process,
+    # N on a Ray Data pool of N actors (one GPU each when use_gpu)
+    embedding_actors: int = Field(0, ge=0)
     unimodal: UnimodalConfig = UnimodalConfig()
     stages: list[StageConfig] = [
         StageConfig(name="grounding", epochs=30, lr=1e-4),

@@ -68,6 +68,9 @@ class FeatureStore:
             for i, s, d in zip(t["id"].to_pylist(), t["shape"].to_pylist(), t["data"].to_pylist()):
                 self._rows[i] = (s, d)
 
+    def ids(self) -> list[str]:
+        return sorted(self._rows)
+
     def __len__(self) -> int:
         return len(self._rows)
 

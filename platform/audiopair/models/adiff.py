@@ -24,7 +24,7 @@ from torch import nn
 from transformers import ClapAudioConfig, ClapAudioModel, GPT2Config, GPT2LMHeadModel
 from transformers.utils import ModelOutput
 
-from audiopair.config import AdiffModelConfig
+from audiopair.config import AdiffModelConfig, EncoderConfig
 from audiopair.models.encoder import AudioEncoder
 
 WEIGHTS = "model.safetensors"
@@ -127,6 +127,13 @@ class AdiffOutput(ModelOutput):
 
 
 # ---------------------------------------------------------------------------------------------- the model
+def encoder_config_of(cfg: AdiffModelConfig) -> EncoderConfig:
+    """The encoder a variant is built with: ``language_only`` (Exp. A) gets the same network, random and frozen."""
+    if cfg.variant == "language_only":
+        return cfg.encoder.model_copy(update={"pretrained": None, "freeze": True})
+    return cfg.encoder
+
+
 class AdiffModel(nn.Module):
     """Build with ``build_model(cfg, tokenizer)``; ``lm_config`` / ``encoder_config`` (dicts) make the architecture
     from a checkpoint's saved configs instead of loading pretrained weights (``load_checkpoint``)."""
@@ -135,9 +142,7 @@ class AdiffModel(nn.Module):
                  lm_config: dict | None = None, encoder_config: dict | None = None):
         super().__init__()
         self.cfg, self.vocab_size, self.separator_id, self.eos_id = cfg, vocab_size, separator_id, eos_id
-        enc_cfg = cfg.encoder
-        if cfg.variant == "language_only":  # Exp. A: the same network, but an encoder that knows nothing
-            enc_cfg = enc_cfg.model_copy(update={"pretrained": None, "freeze": True})
+        enc_cfg = encoder_config_of(cfg)
         self.encoder_trainable = not enc_cfg.freeze
         # Cached embeddings come from the pretrained encoder, so language_only refuses them unless the caller says
         # they were made by this model's own random encoder (the same for a given encoder.seed).

@@ -34,26 +34,45 @@ def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float]
 
 
 class AudioBank:
-    """Per-clip audio inputs for the model: frozen-encoder embeddings computed once, or log-mels when the encoder
-    trains (then the model runs it each step)."""
+    """Per-clip audio inputs for the model: frozen-encoder embeddings, or log-mels when the encoder trains (then the
+    model runs it each step). Embeddings come from the dataset's cache for this very encoder (``cache_embeddings``,
+    matched by weight fingerprint) or, when there is none, are computed here once."""
 
     def __init__(self, dataset_dir: str | Path, clip_ids: set[str], model, batch: int = 32, cache: bool = True):
+        from audiopair.train.embeddings import cached, embed, fingerprint
+
         store = FeatureStore(dataset_dir)
         self.mels = {c: torch.from_numpy(store[c]) for c in sorted(clip_ids)}
         self.embeddings: dict[str, torch.Tensor] = {}
+        self.from_cache = False
         encoder_frozen = not any(p.requires_grad for p in model.encoder.backbone.parameters())
         if encoder_frozen and cache:
-            ids = sorted(self.mels)
             model.encoder.eval()
-            with torch.no_grad():
+            saved = cached(dataset_dir, fingerprint(model.encoder))
+            if saved is not None and all(c in saved for c in self.mels):
+                self.embeddings = {c: torch.from_numpy(saved[c]) for c in self.mels}
+                self.from_cache = True
+            else:
+                ids = sorted(self.mels)
                 for k in range(0, len(ids), batch):
                     chunk = ids[k : k + batch]
-                    emb = model.encoder(torch.stack([self.mels[c] for c in chunk])).embedding
-                    self.embeddings.update(zip(chunk, emb))
+                    emb = embed(model.encoder, [self.mels[c].numpy() for c in chunk])
+                    self.embeddings.update(zip(chunk, torch.from_numpy(emb)))
             model.accept_embeddings = True  # made by this model's own encoder (language_only: its random one)
 
     def __call__(self, clip_id: str) -> torch.Tensor:
         return self.embeddings.get(clip_id, self.mels[clip_id]) if self.embeddings else self.mels[clip_id]
+
+
+def with_pretrained(model_cfg, pretrained: dict | None, tokenizer):
+    """``(model config, tokenizer ref, event labels)`` once the demo's stage-1 encoder and LM (``pretrained``:
+    checkpoints or folders) stand in for HTSAT and GPT-2, as a hub model would; unchanged without them."""
+    if not pretrained:
+        return model_cfg, tokenizer, None
+    enc, lm = local_dir(pretrained["encoder"]) / "model", local_dir(pretrained["lm"]) / "model"
+    labels = json.loads((enc / LABELS).read_text())
+    encoder = model_cfg.encoder.model_copy(update={"pretrained": str(enc), "num_classes": len(labels)})
+    return model_cfg.model_copy(update={"lm_pretrained": str(lm), "encoder": encoder}), lm, labels
 
 
 def make_recipe(config: dict) -> Recipe:
@@ -62,13 +81,7 @@ def make_recipe(config: dict) -> Recipe:
     "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings": True (False: the
     frozen encoder runs every step, for benchmarks)}."""
     cfg = Config.model_validate(config["app"])
-    tok_ref, event_labels = config["tokenizer"], None
-    if config.get("pretrained"):  # the demo's own stage-1 encoder and LM, loaded as HTSAT and GPT-2 would be
-        enc, lm = local_dir(config["pretrained"]["encoder"]) / "model", local_dir(config["pretrained"]["lm"]) / "model"
-        event_labels = json.loads((enc / LABELS).read_text())
-        encoder = cfg.model.encoder.model_copy(update={"pretrained": str(enc), "num_classes": len(event_labels)})
-        cfg.model = cfg.model.model_copy(update={"lm_pretrained": str(lm), "encoder": encoder})
-        tok_ref = lm
+    cfg.model, tok_ref, event_labels = with_pretrained(cfg.model, config.get("pretrained"), config["tokenizer"])
     tok = load_tokenizer(tok_ref)
     init = config.get("init")
     if init is not None and not isinstance(init, (str, Path)):
@@ -146,6 +159,29 @@ def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, 
     return ckpt
 
 
+def ensure_embeddings(cfg: Config, variant: str, pretrained: dict | None, tokenizer, label: str, say=print):
+    """Fill the dataset's embedding cache for ``variant``'s frozen encoder (nothing when it trains), so none of its
+    stages or workers runs the encoder over the clips; logs the cache's name to the active MLflow run."""
+    import time
+
+    import mlflow
+
+    from audiopair.models.adiff import encoder_config_of
+    from audiopair.train.embeddings import cache_embeddings, cache_kind
+
+    model_cfg = with_pretrained(cfg.model.model_copy(update={"variant": variant}), pretrained, tokenizer)[0]
+    enc_cfg = encoder_config_of(model_cfg)
+    if not enc_cfg.freeze:
+        return None
+    t0, tc = time.perf_counter(), cfg.train
+    key = cache_embeddings(Path(cfg.dataset.output_dir).resolve(), enc_cfg, tc.embedding_actors,
+                           1 if tc.use_gpu and tc.embedding_actors else 0)
+    if mlflow.active_run():
+        mlflow.set_tag("embeddings", cache_kind(key))
+    say(f"[{label}] frozen-encoder embeddings in features/{cache_kind(key)} ({time.perf_counter() - t0:.1f} s)")
+    return key
+
+
 def train_adiff(cfg: Config, say=print) -> dict:
     """Every stage of every ``train.variants`` model; returns ``{variant: final checkpoint}``.
 
@@ -190,6 +226,7 @@ def train_adiff(cfg: Config, say=print) -> dict:
     def variant_stages(variant: str):
         vapp = {**app, "model": {**app["model"], "variant": variant}}
         with tracking.run(variant, parent=job_run, tags={"variant": variant}) as vrun:
+            ensure_embeddings(cfg, variant, pretrained, tokenizer, f"{name}-{variant}", say)
             init = None
             for s in tc.stages:
                 extra = {"app": vapp, "stage": s.name, "init": init, "tokenizer": tokenizer, "pretrained": pretrained}
