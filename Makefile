@@ -18,8 +18,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/train_adiff.py
 
+# Two pytest workers, whole files each (module fixtures stay shared): the ten-minute demo test runs beside the rest.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_build.py

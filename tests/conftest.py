@@ -37,6 +37,16 @@ def tiny_config(out_dir, *extra: str):
     return load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + [f"dataset.output_dir={out_dir}", *extra])
 
 
+# Longest first: with two xdist workers taking whole files in this order, the demo job (about ten minutes) starts at
+# once on one worker while the other works through everything else.
+SLOW_FIRST = ["test_demo_job.py", "test_qwen2_audio.py", "test_train.py", "test_sweep.py", "test_adiff_job.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order kept otherwise
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A finished tiny demo build (Ray Data path), shared read-only by several tests."""

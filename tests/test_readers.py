@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -351,9 +350,7 @@ def _real_rows() -> dict[str, list[dict[str, str]]]:
 def test_adiff_released_csvs_without_audio(tmp_path):
     expected = _real_rows()
     assert len(expected) == 5
-    t0 = time.perf_counter()
     src = AdiffCsvSource(SourceConfig(kind="adiff_csv", csv=str(ADIFF_VAL / "*.csv"), audio_dir=str(tmp_path)))
-    assert time.perf_counter() - t0 < 3.0  # ~18k rows; about 0.4 s on a slow CPU
     tiers = {"detail": 3, "fewwords": 1, "sentence": 2}
     want = {f: {tiers[Path(f).stem.split("_")[-2]]: len(rows)} for f, rows in expected.items()}
     assert src.rows_read == want

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,16 @@ def cache_embeddings(dataset_dir: str | Path, enc_cfg: EncoderConfig, num_actors
     """Embed every clip of the dataset with the encoder ``enc_cfg`` builds, once; returns the fingerprint.
 
     ``num_actors=0`` runs on this process; otherwise a Ray Data actor pool of that size (``num_gpus`` each)."""
+    with _BUILDING:
+        return _cache(dataset_dir, enc_cfg, num_actors, num_gpus, batch_size)
+
+
+# One at a time in a process: transformers' from_pretrained builds under a process-wide meta-device context, so a
+# model built from a config in another thread at that moment gets weights with no data (the variants run in threads).
+_BUILDING = threading.Lock()
+
+
+def _cache(dataset_dir, enc_cfg: EncoderConfig, num_actors: int, num_gpus: float, batch_size: int) -> str:
     from audiopair.models.encoder import AudioEncoder
 
     encoder = AudioEncoder.from_config(enc_cfg).eval()
