@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_build.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_qwen.py
 
 clean:
 	rm -rf work .pytest_cache

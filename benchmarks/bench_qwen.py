@@ -70,7 +70,7 @@ def run(method: str, args, device) -> dict:
     model = build(args.text_layers, args.audio_layers, args.hidden, torch.bfloat16 if on_gpu else torch.float32)
     model = prepare_for_training(model, method, LoraConfig(), gradient_checkpointing=on_gpu)
     params = [p for p in model.parameters() if p.requires_grad]
-    trainable = sum(p.numel() for p in params)
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in params)  # ZeRO-3 leaves each rank a slice
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_cfg, dist_init_required=False)
     b = batch(device)
