@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/train_adiff.py
 
-# Two pytest workers, whole files each (module fixtures stay shared): the ten-minute demo test runs beside the rest.
+# Two pytest workers, whole files each (module fixtures stay shared), in conftest's order (not xdist's
+# most-tests-first): the ten-minute demo test starts at once on one worker while the other runs the rest.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_build.py

@@ -37,9 +37,11 @@ def tiny_config(out_dir, *extra: str):
     return load_config(REPO / "jobs" / "configs" / "demo.yaml", TINY + [f"dataset.output_dir={out_dir}", *extra])
 
 
-# Longest first: with two xdist workers taking whole files in this order, the demo job (about ten minutes) starts at
-# once on one worker while the other works through everything else.
-SLOW_FIRST = ["test_demo_job.py", "test_qwen2_audio.py", "test_train.py", "test_sweep.py", "test_adiff_job.py"]
+# The order two xdist workers take whole files in (make test: --no-loadscope-reorder). Each worker is handed two
+# files at the start, the first and third to one, so the ten-minute demo job is paired with a quick file and the
+# other worker starts on the long Ray Train files; the rest go to whichever worker is free.
+SLOW_FIRST = ["test_demo_job.py", "test_qwen2_audio.py", "test_audio.py", "test_train.py", "test_sweep.py",
+              "test_adiff_job.py"]
 
 
 def pytest_collection_modifyitems(items):
