@@ -153,6 +153,22 @@ def test_adapter_checkpoint_resume_merge_and_generate(base, tmp_path):
     assert len(texts) == 2 and texts == q.generate_texts(merged, proc2, ROWS, WAVES, max_new_tokens=6,
                                                          do_sample=False)
     assert texts[0] == q.generate_texts(merged, proc2, ROWS[:1], WAVES[:1], max_new_tokens=6, do_sample=False)[0]
+    again, proc3 = q.load_finetuned(merged_dir)  # a merged folder loads like any finetuned one (no peft)
+    assert type(again).__name__ == "Qwen2AudioForConditionalGeneration"
+    assert q.generate_texts(again.eval(), proc3, ROWS, WAVES, max_new_tokens=6, do_sample=False) == texts
+
+    # ACC Table 3: the adapter answers label questions about single clips (QwenClipGenerator), one file unreadable
+    from audiopair.config import ClassifyConfig, DatasetConfig
+    from audiopair.evaluate.classify import demo_label_csv
+    from audiopair.evaluate.downstream import classify_checkpoint
+
+    csv = demo_label_csv(tmp_path / "cls", per_kind=1)
+    with open(csv, "a") as f:
+        f.write("missing.wav,siren\n")
+    c = classify_checkpoint(tmp_path / "adapter", DatasetConfig(sample_rate=16000), ClassifyConfig(name="ev", csv=str(csv)),
+                            batch_size=8, figure=tmp_path / "confusion.png")
+    assert c.report["n"] == len(c.rows) == 20 and len(c.skipped) == 1 and "missing.wav" in c.skipped[0]
+    assert (tmp_path / "confusion.png").is_file() and all(isinstance(r["prediction"], str) for r in c.rows)
 
 
 def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_dataset, base, tmp_path):
