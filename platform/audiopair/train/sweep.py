@@ -1,0 +1,597 @@
+"""ADIFF's language-model scaling study (§5.3: Table 5, Figure 4) as a Ray Tune experiment.
+
+The grid is every LM of ``sweep.sizes`` x every value of each ``sweep.space`` key (dotted config keys such as
+``train.stages.0.epochs``), validated before anything runs. Each trial is a Tune function that trains the
+``sweep.stages`` of one ADIFF with the platform's own training (``engine.fit_stage`` with ``adiff.make_recipe``: a
+Ray Train TorchTrainer + DeepSpeed per stage); a Ray Train callback hands every epoch's report to Tune (the Train V2
+pattern), so ASHA compares trials epoch by epoch on ``sweep.metric`` and stops the ones clearly behind.
+
+Stage 1 (``train.unimodal``, the demo) is not part of a trial: it runs before the Tuner, the encoder once (under the
+name ``train_adiff`` gives it, so a finished demo run's encoder is reused) and one LM per distinct LM config,
+shared by the trials that need it (each size trains for several epoch budgets).
+
+Re-running with the same ``sweep.name`` and ``train.storage_path`` restores the Tune experiment: finished trials are
+not run again, an interrupted one restarts and its Train run resumes from its last epoch checkpoint. A sweep is
+refused when its grid changed since it started. Only the driver talks to MLflow: it logs one child run per trial
+under the sweep's parent, then the Table-5 table and the Figure-4 plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import ray.tune
+from pydantic import ValidationError
+
+from audiopair.config import Config, ConfigError, _format_validation_error, _merge, _set_dotted
+
+log = logging.getLogger(__name__)
+
+# Keys a grid may not vary: the trials share one dataset, one stage-1 encoder, one storage and one MLflow experiment.
+FIXED = ("dataset", "sweep", "work_dir", "experiment", "evaluate", "train.storage_path", "train.run_name",
+         "model.encoder", "train.unimodal.encoder_")
+MARKER = "audiopair_sweep.json"  # the grid a sweep started with, beside Tune's experiment state
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def sizes(cfg: Config) -> dict[str, dict]:
+    """LM name -> ``model.*`` overrides; without ``sweep.sizes`` the one LM of ``model.*``, named after it."""
+    m = cfg.model
+    return dict(cfg.sweep.sizes) or {m.lm_pretrained or f"lm-{m.lm_layers}x{m.lm_dim}": {}}
+
+
+def grid(cfg: Config) -> list[dict]:
+    """Every trial's point ``{"size": name, "space": {dotted key: value}}``, sizes outermost, in config order."""
+    points = [{"size": s, "space": {}} for s in sizes(cfg)]
+    for key, values in cfg.sweep.space.items():
+        points = [{"size": p["size"], "space": {**p["space"], key: v}} for p in points for v in values]
+    return points
+
+
+def trial_config(cfg: Config, point: dict) -> Config:
+    """The config one trial trains with: the size's model overrides, then the point's dotted keys."""
+    tree = cfg.model_dump(mode="json")
+    tree["model"] = _merge(tree["model"], sizes(cfg)[point["size"]])
+    for key, value in point["space"].items():
+        try:
+            _set_dotted(tree, key.split("."), value, Config)
+        except (IndexError, KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"sweep.space: key {key!r} does not name a config value ({type(e).__name__}: {e})")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:  # rewritten to name the key and the allowed keys / values
+        where = f"sweep point size={point['size']} " + " ".join(f"{k}={v}" for k, v in point["space"].items())
+        raise ConfigError(_format_validation_error(e, Config, where)) from None
+
+
+def check_grid(cfg: Config) -> list[Config]:
+    """Every trial's config, or a ``ConfigError`` naming the ``sweep`` key at fault; nothing has run yet."""
+    sw, model_keys = cfg.sweep, set(type(cfg.model).model_fields)
+    for name, overrides in sw.sizes.items():
+        for key in overrides:
+            if key not in model_keys:
+                raise ConfigError(f"sweep.sizes.{name}.{key}: unknown model key; allowed keys: "
+                                  + ", ".join(sorted(model_keys)))
+            if key == "lm_pretrained" and cfg.train.unimodal.enabled:
+                raise ConfigError(f"sweep.sizes.{name}.lm_pretrained: stage 1 (train.unimodal.enabled) trains each "
+                                  "size's LM itself; set lm_layers / lm_dim / lm_heads, or disable stage 1")
+    for key, values in sw.space.items():
+        if any(key == f or key.startswith(f if f.endswith("_") else f + ".") for f in FIXED):
+            raise ConfigError(f"sweep.space.{key}: the trials share it (dataset, storage, stage-1 encoder, "
+                              "evaluation), so a sweep cannot vary it")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.space.{key}: give a non-empty list of values")
+    configs = [trial_config(cfg, p) for p in grid(cfg)]
+    for c in configs:
+        names = [s.name for s in c.train.stages]
+        for s in sw.stages:
+            if s not in names:
+                raise ConfigError(f"sweep.stages: {s!r} is not in train.stages ({', '.join(names)})")
+        if not c.train.unimodal.enabled and not c.model.lm_pretrained:
+            raise ConfigError("sweep: a trial's model.lm_pretrained is empty and train.unimodal.enabled is false; "
+                              "name a GPT-2 per size (sweep.sizes.<name>.lm_pretrained) or enable stage 1")
+    return configs
+
+
+def trial_epochs(cfg: Config) -> int:
+    """Epochs one trial trains over its stages (ASHA's time axis)."""
+    return sum(cfg.train.stage(s).epochs for s in cfg.sweep.stages)
+
+
+def _short(key: str, keys) -> str:
+    """A space key's column name: its last part, unless two keys share it."""
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def lm_run(cfg: Config, size: str) -> str:
+    """The stage-1 LM's Ray Train run for a trial: named by size and by everything in the config but the trial's own
+    stages (the LM recipe reads the model sizes, prefix length, tokenizer and stage-1 settings), so trials that
+    differ only in their stages (epochs, learning rate) share one LM."""
+    tree = cfg.model_dump(mode="json")
+    tree["train"].pop("stages")
+    for k in ("sweep", "evaluate"):
+        tree.pop(k)
+    return f"{cfg.train.run_name}-unimodal-lm-{size}-{_digest(tree)}"
+
+
+def absolute(cfg: Config) -> Config:
+    """``cfg`` with its folders made absolute: Tune runs each trial in a working directory of its own, and Ray Train
+    workers run elsewhere again."""
+    from audiopair.train.engine import storage_uri
+
+    tree = cfg.model_dump(mode="json")
+    tree["work_dir"] = str(Path(cfg.work_dir).resolve())
+    tree["dataset"]["output_dir"] = str(Path(cfg.dataset.output_dir).resolve())
+    tree["train"]["storage_path"] = storage_uri(cfg.train)
+    return Config.model_validate(tree)
+
+
+# ---------------------------------------------------------------------------------------------- stage 1
+def pretrain(cfg: Config, configs: list[Config], parent: str | None, say=print) -> dict | None:
+    """Stage 1 for the demo's random LMs: the encoder once and each distinct LM once, ``train.parallel`` at a time,
+    each an MLflow child run of ``parent``. ``{"encoder": checkpoint, "lms": {run name: checkpoint}}``, or None
+    when stage 1 is off (real scale: pretrained HTSAT and GPT-2s)."""
+    if not cfg.train.unimodal.enabled:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audiopair.train.adiff import logged_stage, unimodal_stages
+    from audiopair.train.engine import finished_stage
+    from audiopair.train.pretrain import make_encoder_recipe, make_lm_recipe
+
+    enc_stage, lm_stage = unimodal_stages(cfg.train.unimodal)
+    name = cfg.train.run_name
+
+    def stage(recipe, c: Config, run: str, extra: dict, stage_cfg):
+        done = finished_stage(c.train, run)  # a resumed sweep: no training, no second MLflow run
+        extra = {"app": c.model_dump(mode="json"), **extra}
+        return done[0] if done else logged_stage(recipe, c.train, "unimodal", run, extra, stage_cfg, parent,
+                                                 run.removeprefix(f"{name}-"), say)
+
+    jobs = {"encoder": lambda: stage(make_encoder_recipe, cfg, f"{name}-unimodal-encoder", {}, enc_stage)}
+    for run, c in {lm_run(c, p["size"]): c for c, p in zip(configs, grid(cfg))}.items():
+        jobs[run] = lambda run=run, c=c: stage(make_lm_recipe, c, run, {"tokenizer": None}, lm_stage)
+    with ThreadPoolExecutor(max_workers=cfg.train.parallel) as pool:
+        done = {k: pool.submit(job) for k, job in jobs.items()}
+        ckpts = {k: f.result() for k, f in done.items()}
+    return {"encoder": ckpts.pop("encoder"), "lms": ckpts}
+
+
+def _cache_embeddings(cfg: Config, configs: list[Config], stage1: dict | None, say=print) -> None:
+    """The frozen encoder's embeddings of every clip, computed once into the dataset's cache before the trials (they
+    share the encoder: stage 1's, or the pretrained HTSAT), so no trial's worker runs the encoder over the clips."""
+    from audiopair.train.adiff import ensure_embeddings
+
+    pretrained = stage1 and {"encoder": stage1["encoder"], "lm": next(iter(stage1["lms"].values()))}
+    for variant in dict.fromkeys(c.model.variant for c in configs):
+        ensure_embeddings(cfg, variant, pretrained, cfg.model.lm_pretrained, f"{cfg.sweep.name}-{variant}", say)
+
+
+# ---------------------------------------------------------------------------------------------- one trial
+def _reporter(offset: int):
+    """A Ray Train callback (built inside the trial, where Tune's session is) that hands each epoch's report to Tune
+    with ``trial_epoch``, the epochs this trial has trained over all its stages: ASHA's time axis."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ToTune(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = {**metrics[0], "trial_epoch": offset + int(metrics[0]["epoch"]) + 1}
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return ToTune()
+
+
+def run_trial(config: dict, base: dict, stage1: dict | None) -> None:
+    """A Tune trial (in its own actor) for ``config["point"]``: the sweep's stages of one ADIFF, each a Ray Train run
+    named after the trial id, so a restored trial's runs resume from their last epoch, and a stage that finished is
+    skipped."""
+    from audiopair.train.adiff import make_recipe
+    from audiopair.train.engine import fit_stage
+
+    point = config["point"]
+    cfg = trial_config(Config.model_validate(base), point)
+    run = f"{cfg.sweep.name}-{ray.tune.get_context().get_trial_id()}"
+    pretrained = None
+    if stage1:
+        pretrained = {"encoder": stage1["encoder"], "lm": stage1["lms"][lm_run(cfg, point["size"])]}
+    init, offset, app = None, 0, cfg.model_dump(mode="json")
+    for s in (cfg.train.stage(n) for n in cfg.sweep.stages):
+        extra = {"app": app, "stage": s.name, "init": init, "tokenizer": cfg.model.lm_pretrained,
+                 "pretrained": pretrained}
+        init, metrics, _ = fit_stage(make_recipe, cfg.train, s.name, f"{run}-{s.name}", extra, s,
+                                     callbacks=[_reporter(offset)])
+        offset += s.epochs
+        # The stage's last epoch once more, from its checkpoint: an interruption can fall between Train saving an
+        # epoch and Tune receiving it, and the resumed run then has nothing left to report (or the stage was done).
+        ray.tune.report({**{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+                         "trial_epoch": offset, "checkpoint_path": init.path})
+
+
+def release_stopped_train_runs() -> int:
+    """Remove this job's placement groups whose creating actor is dead; returns how many.
+
+    When Tune stops a trial (ASHA), it kills the trial's actor and with it the Train controller, but the controller's
+    worker placement group belongs to the job and lives on, holding its CPUs / GPUs, so the next trials' Train runs
+    wait for them forever (ray-project/ray#54305). Ray 2.60's own PlacementGroupCleaner needs the State API
+    (dashboard) and, on a machine with several Ray instances, cannot find its cluster. Tune's own placement groups
+    are the driver's (no creating actor) and a running Train run's controller is alive, so neither is touched. Reads
+    the GCS table through Ray's private accessor (pinned Ray; tests cover it)."""
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job, n = ray.get_runtime_context().get_job_id(), 0
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        actor = pg.creator_actor_id.hex()
+        if (pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or not pg.creator_actor_dead
+                or not actor or set(actor) == {"f"} or pg.creator_job_id.hex() != job):
+            continue
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+        n += 1
+    return n
+
+
+# Tune pickles its callbacks with the experiment and a restored sweep gets those copies back: classes defined at module
+# level travel by reference, and the progress messages go to whatever ``say`` the current run_sweep was given.
+_say: Callable[[str], None] = print
+
+
+class ReleaseStoppedTrainRuns(ray.tune.Callback):
+    """Runs :func:`release_stopped_train_runs` every couple of seconds of the Tune loop."""
+
+    def __init__(self):
+        self.next = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() >= self.next:
+            self.next = time.monotonic() + 2.0
+            if release_stopped_train_runs():
+                log.info("released the placement group of a stopped trial's Train run")
+
+
+class Progress(ray.tune.Callback):
+    """One line per trial epoch and one when a trial ends."""
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = result.get("trial_epoch", 0)
+        if epoch > self.seen.get(trial.trial_id, 0):  # (a stage's last epoch comes twice, see run_trial)
+            self.seen[trial.trial_id] = epoch
+            _say(f"[{trial_label(trial)}] epoch {epoch}: train loss {result.get('train_loss', float('nan')):.3f}, "
+                 f"val loss {result.get('val_loss', float('nan')):.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        _say(f"[{trial_label(trial)}] ended after {trial.last_result.get('trial_epoch', 0)} epoch(s)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _say(f"[{trial_label(trial)}] failed: {trial.error_file}")
+
+
+def point_label(point: dict) -> str:
+    """``tiny-2x64 epochs=2``: the size and the other grid values."""
+    return " ".join([point["size"]] + [f"{_short(k, point['space'])}={v}" for k, v in point["space"].items()])
+
+
+def trial_label(trial) -> str:
+    return point_label(trial.config["point"])
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+class Interrupted(RuntimeError):
+    """The sweep stopped before every trial ended (Ctrl+C); its state is saved and the same job resumes it."""
+
+
+@dataclass
+class Trial:
+    """One trial's outcome, as the report needs it."""
+
+    trial_id: str
+    size: str
+    space: dict
+    planned_epochs: int
+    epochs: int  # trained (ASHA may stop a trial before planned_epochs)
+    history: list[dict]  # per epoch: trial_epoch, stage, train_loss, val_loss
+    checkpoint: str | None  # the last reported epoch's checkpoint (a path on train.storage_path)
+    error: str | None = None
+    scores: dict = field(default_factory=dict)  # test split: group (tier1 ...) -> metric -> value
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "error"
+        return "completed" if self.epochs >= self.planned_epochs else f"stopped at epoch {self.epochs}"
+
+    @property
+    def label(self) -> str:
+        return point_label({"size": self.size, "space": self.space})
+
+
+def concurrency(cfg: Config, configs: list[Config]) -> int:
+    """``sweep.max_concurrent_trials``, or how many of the largest trial fit the cluster at once: its workers' GPUs
+    (``train.use_gpu``) and CPUs. Trials beyond that would only start Train runs that wait for resources."""
+    import ray
+
+    if cfg.sweep.max_concurrent_trials:
+        return cfg.sweep.max_concurrent_trials
+    have = ray.cluster_resources()
+    fits = []
+    for c in configs:
+        tc = c.train
+        n = have.get("CPU", 0) // (tc.num_workers * tc.cpus_per_worker + cfg.sweep.trial_resources.get("CPU", 0))
+        if tc.use_gpu:
+            n = min(n, have.get("GPU", 0) // tc.num_workers)
+        fits.append(n)
+    return max(1, int(min(fits)))
+
+
+def _fingerprint(cfg: Config) -> dict:
+    sw = cfg.sweep
+    return {"grid": grid(cfg), "sizes": sizes(cfg), "stages": sw.stages, "metric": sw.metric}
+
+
+def run_sweep(cfg: Config, parent: str | None = None, say=print, callbacks: tuple = ()) -> list[Trial]:
+    """Stage 1, then the Tune experiment (a new one, or the interrupted one restored); returns every trial's outcome
+    in grid order. ``parent``: the MLflow run stage 1's runs go under. ``callbacks``: extra Tune callbacks (tests
+    interrupt a sweep with one); like Tune's own, they are saved with the experiment and come back on restore."""
+    import pyarrow.fs
+    from ray.tune.schedulers import ASHAScheduler
+
+    from audiopair.train.engine import storage_uri
+
+    global _say
+    _say = say
+    cfg = absolute(cfg)
+    configs = check_grid(cfg)
+    sw, storage = cfg.sweep, storage_uri(cfg.train)
+    path = f"{storage.rstrip('/')}/{sw.name}"
+    fs, root = pyarrow.fs.FileSystem.from_uri(path)
+    fingerprint = _fingerprint(cfg)
+    restoring = ray.tune.Tuner.can_restore(path)
+    if restoring and fs.get_file_info(f"{root}/{MARKER}").type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(f"{root}/{MARKER}") as f:
+            if json.loads(f.read().decode()) != json.loads(json.dumps(fingerprint)):
+                raise ConfigError(f"sweep {sw.name!r} at {path} was started with another grid (sweep.sizes / space / "
+                                  "stages / metric); give it another sweep.name, or delete that folder")
+    stage1 = pretrain(cfg, configs, parent, say)
+    _cache_embeddings(cfg, configs, stage1, say)
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(run_trial, base=cfg.model_dump(mode="json"), stage1=stage1), sw.trial_resources)
+    if restoring:
+        say(f"sweep {sw.name}: restoring {path} (finished trials are kept)")
+        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        points, longest = grid(cfg), max(trial_epochs(c) for c in configs)
+        limit = concurrency(cfg, configs)
+        say(f"sweep {sw.name}: {len(points)} trials, {limit} at a time, ASHA on {sw.metric} from epoch "
+            f"{sw.grace_period}")
+        # max_t past the longest trial: a trial that reaches its own last epoch ends by itself, not by ASHA
+        asha = ASHAScheduler(time_attr="trial_epoch", max_t=longest + 1, grace_period=sw.grace_period,
+                             reduction_factor=sw.reduction_factor)
+        tuner = ray.tune.Tuner(
+            trainable, param_space={"point": ray.tune.grid_search(points)},
+            tune_config=ray.tune.TuneConfig(metric=sw.metric, mode="min", scheduler=asha, max_concurrent_trials=limit,
+                                            trial_name_creator=trial_label, trial_dirname_creator=trial_dirname),
+            run_config=ray.tune.RunConfig(name=sw.name, storage_path=storage, verbose=0,
+                                          callbacks=[ReleaseStoppedTrainRuns(), Progress(), *callbacks]))
+        fs.create_dir(root)
+        with fs.open_output_stream(f"{root}/{MARKER}") as f:
+            f.write(json.dumps(fingerprint, indent=1).encode())
+    results = tuner.fit()
+    release_stopped_train_runs()  # the last stopped trials' runs: nothing will start after them
+    # Ctrl+C / SIGUSR1: Tune saved its state and returned early (trials not yet started are not in the results)
+    if results.num_terminated + results.num_errors < len(configs):
+        raise Interrupted(f"sweep {sw.name!r} was interrupted; run the same command again to resume it ({path})")
+    return _outcomes(cfg, configs, results)
+
+
+def _outcomes(cfg: Config, configs: list[Config], results) -> list[Trial]:
+    """Each trial's epochs (the last report per ``trial_epoch``: a restarted trial reports its resumed epochs again)
+    and last checkpoint, in grid order."""
+    keys = [json.dumps(p, sort_keys=True) for p in grid(cfg)]
+    out = []
+    for r in results:
+        point = r.config["point"]
+        df = r.metrics_dataframe
+        history, ckpt = [], None
+        if df is not None and "trial_epoch" in df:
+            df = df.dropna(subset=["trial_epoch"]).sort_values("trial_epoch")
+            df = df.drop_duplicates("trial_epoch", keep="last")
+            history = [{"trial_epoch": int(row["trial_epoch"]), "stage": row.get("stage"),
+                        **{k: float(row[k]) for k in ("train_loss", "val_loss") if k in row}}
+                       for _, row in df.iterrows()]
+            ckpt = df["checkpoint_path"].iloc[-1] if "checkpoint_path" in df and len(df) else None
+        c = configs[keys.index(json.dumps(point, sort_keys=True))]
+        out.append(Trial(Path(r.path).name, point["size"], point["space"], trial_epochs(c),
+                         history[-1]["trial_epoch"] if history else 0, history, ckpt,
+                         None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:2000]))
+    return sorted(out, key=lambda t: keys.index(json.dumps({"size": t.size, "space": t.space}, sort_keys=True)))
+
+
+# ---------------------------------------------------------------------------------------------- evaluation, report
+def eval_config(cfg: Config) -> Config:
+    """``cfg`` with the sweep's evaluation: ``sweep.eval_limit`` test examples per tier of the ADIFF task, scored
+    with ``sweep.metrics`` (Table 5's columns); no figures, no downstream classification."""
+    update = {"tasks": ["adiff"], "limit": cfg.sweep.eval_limit, "metrics": list(cfg.sweep.metrics), "draw": [],
+              "classify": []}
+    ev = cfg.evaluate.model_copy(update={k: v for k, v in update.items() if k in type(cfg.evaluate).model_fields})
+    return cfg.model_copy(update={"evaluate": ev})
+
+
+def model_dir(cfg: Config, checkpoint: str) -> Path:
+    """A trial's reported checkpoint as a local model folder (downloaded once from S3 / GCS)."""
+    import pyarrow.fs
+    import ray.train
+
+    from audiopair.train.engine import local_dir, storage_uri
+
+    fs, _ = pyarrow.fs.FileSystem.from_uri(storage_uri(cfg.train))
+    return local_dir(ray.train.Checkpoint(checkpoint, filesystem=fs)) / "model"
+
+
+def score_trials(trials: list[Trial], cfg: Config, evaluate: Callable[[Trial], dict], folder: Path,
+                 say=print) -> None:
+    """Fill ``trial.scores`` with ``evaluate(trial)`` (group -> metric -> value on the test split), reusing the scores
+    a previous run of this sweep saved for the same checkpoint in ``folder/trials.json``."""
+    saved = {}
+    if (folder / "trials.json").exists():
+        saved = {t["trial_id"]: t for t in json.loads((folder / "trials.json").read_text())}
+    for t in trials:
+        old = saved.get(t.trial_id)
+        if old and old.get("checkpoint") == t.checkpoint and old.get("scores"):
+            t.scores = old["scores"]
+        elif t.checkpoint:
+            say(f"[{t.label}] scoring its last checkpoint on {cfg.dataset.name}/{cfg.evaluate.split}")
+            t.scores = evaluate(t)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def table5(trials: list[Trial], cfg: Config) -> str:
+    """ADIFF Table 5's shape in Markdown: one row per trial (task, LM, the other grid values, epochs trained), then
+    each tier's ``sweep.metrics``, then the last validation ``sweep.metric``. ``-``: a metric that did not run (see
+    the evaluation's ``unavailable``), or a trial without a checkpoint."""
+    keys = [k for k in cfg.sweep.space]
+    tiers = sorted({g for t in trials for g in t.scores if g.startswith("tier")}) or ["tier1", "tier2", "tier3"]
+    head = ["Task", "LM", *[_short(k, keys) for k in keys], "epochs trained"]
+    head += [f"{g.replace('tier', 'Tier ')} {m}" for g in tiers for m in cfg.sweep.metrics] + [cfg.sweep.metric]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, t in enumerate(trials):
+        trained = {"completed": str(t.epochs), "error": "error"}.get(t.status, f"{t.epochs} (stopped by ASHA)")
+        row = [cfg.dataset.name if i == 0 else "", t.size, *[str(t.space[k]) for k in keys], trained]
+        row += [_fmt(t.scores.get(g, {}).get(m)) for g in tiers for m in cfg.sweep.metrics]
+        row.append(_fmt(t.history[-1].get(cfg.sweep.metric) if t.history else None))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def figure4(trials: list[Trial], cfg: Config, path: Path) -> Path:
+    """ADIFF Figure 4: per LM size, the validation metric over the epochs trained (one line per trial; a cross where
+    ASHA stopped one) and, beside it, the test score (mean over tiers of the first of ``sweep.metrics`` that ran) at
+    each trial's epochs. SPIDEr (the paper's), else CIDEr-D, else the first of ``sweep.metrics`` that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(dict.fromkeys(t.size for t in trials))
+    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    ran = [m for m in cfg.sweep.metrics if any(m in s for t in trials for s in t.scores.values())]
+    metric = next((m for m in ("spider", "cider_d", *ran) if m in ran), None)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for t in trials:
+        xs = [h["trial_epoch"] for h in t.history]
+        ys = [h.get(cfg.sweep.metric, float("nan")) for h in t.history]
+        ax.plot(xs, ys, "-o", color=colors[t.size], alpha=0.8, ms=3, label=t.label)
+        if xs and t.epochs < t.planned_epochs:
+            ax.plot(xs[-1], ys[-1], "x", color="black", ms=9)
+    ax.set(xlabel="epoch", ylabel=f"validation {cfg.sweep.metric}", title="per epoch (x: stopped by ASHA)")
+    ax.legend(fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if metric:
+        ax = axes[0][1]
+        for n in names:
+            pts = sorted((t.epochs, sum(v[metric] for g, v in t.scores.items() if g.startswith("tier") and metric in v)
+                          / max(1, sum(g.startswith("tier") and metric in v for g, v in t.scores.items())))
+                         for t in trials if t.size == n and t.scores)
+            if pts:
+                ax.plot(*zip(*pts), "-o", color=colors[n], label=n)
+        ax.set(xlabel="epochs trained", ylabel=f"test {metric} (mean of tiers)", title=f"{cfg.dataset.name} test split")
+        ax.legend(fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{cfg.sweep.name}: language-model scaling (ADIFF §5.3)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(trials: list[Trial], cfg: Config, folder: Path, parent: str) -> tuple[Path, Path]:
+    """``table5.md``, ``figure4.png`` and ``trials.json`` in ``folder``, logged to the parent run (``report/``), and one
+    MLflow child run per trial (found again by its trial id when a resumed sweep reports twice)."""
+    import mlflow
+
+    from audiopair import tracking
+    from audiopair.data.io import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    md = f"# {cfg.sweep.name}: ADIFF language-model scaling on {cfg.dataset.name}\n\n{table5(trials, cfg)}\n"
+    atomic_write_text(folder / "table5.md", md)
+    atomic_write_text(folder / "trials.json", json.dumps([{**asdict(t), "status": t.status} for t in trials], indent=1))
+    png = figure4(trials, cfg, folder / "figure4.png")
+    for t in trials:
+        _log_trial(t, cfg, parent, mlflow, tracking)
+    for p in (folder / "table5.md", png, folder / "trials.json"):
+        mlflow.log_artifact(str(p), "report")
+    best = [t for t in trials if t.history and t.status == "completed"]
+    if best:
+        top = min(best, key=lambda t: t.history[-1].get(cfg.sweep.metric, math.inf))
+        mlflow.set_tags({"best_trial": top.trial_id, "best_label": top.label})
+    return folder / "table5.md", png
+
+
+def _log_trial(t: Trial, cfg: Config, parent: str, mlflow, tracking) -> None:
+    found = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.trial_id = "
+                                             f"'{t.trial_id}'", output_format="list")
+    tags = {"trial_id": t.trial_id, "size": t.size, "status": t.status, "checkpoint": t.checkpoint or ""}
+    ctx = mlflow.start_run(run_id=found[0].info.run_id, nested=True) if found else \
+        tracking.run(t.label, parent=parent, tags=tags)
+    with ctx:
+        mlflow.set_tags(tags)
+        if not found:
+            mlflow.log_params({"size": t.size, **{k: json.dumps(v) for k, v in t.space.items()}})
+            for h in t.history:
+                mlflow.log_metrics({k: h[k] for k in ("train_loss", "val_loss") if k in h and h[k] == h[k]},
+                                   step=int(h["trial_epoch"]))
+        mlflow.log_metric("epochs_trained", t.epochs)
+        for group, values in t.scores.items():
+            mlflow.log_metrics({f"{cfg.dataset.name}/adiff/{group}/{m}": v for m, v in values.items()
+                                if isinstance(v, (int, float)) and v == v})
+        if t.error:
+            mlflow.set_tag("error", t.error[:5000])
+
+
+@contextlib.contextmanager
+def sweep_run(cfg: Config):
+    """The sweep's MLflow parent run: the one an earlier, interrupted run of this sweep (same name and storage) opened,
+    so a resumed sweep keeps one parent with one child per trial; else a new one."""
+    import mlflow
+
+    from audiopair import tracking
+    from audiopair.train.engine import storage_uri
+
+    key = f"{storage_uri(cfg.train).rstrip('/')}/{cfg.sweep.name}"
+    found = mlflow.search_runs(filter_string=f"tags.sweep_path = '{key}'", order_by=["start_time DESC"],
+                               max_results=1, output_format="list")
+    if found:
+        with mlflow.start_run(run_id=found[0].info.run_id) as run:
+            yield run
+    else:
+        with tracking.run(cfg.sweep.name, tags={"job": "sweep_adiff", "sweep_path": key}) as run:
+            tracking.log_config(cfg)
+            yield run
