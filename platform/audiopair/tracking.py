@@ -24,13 +24,24 @@ import mlflow
 from audiopair.config import dump_config, flatten
 
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses), so after one job in a process the
+# variable holds that job's local store. Remembering the local stores we set tells them apart from a URI the user
+# gave: without this, a second job in the same process (a notebook, a test session) logged into the first one's.
+_local_uris: set[str] = set()
+
+
 def tracking_uri(work_dir: str | os.PathLike) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env not in _local_uris:
+        return env
+    return f"sqlite:///{Path(work_dir).resolve() / 'mlflow.db'}"
 
 
 def setup(work_dir: str | os.PathLike, experiment: str) -> str:
     """Point MLflow at the tracking URI and select (or create) ``experiment``; returns the URI."""
     uri = tracking_uri(work_dir)
+    if uri != os.environ.get("MLFLOW_TRACKING_URI"):  # the work_dir store, not the user's URI
+        _local_uris.add(uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
         location = None
