@@ -10,18 +10,17 @@ With ``dataset.features.embeddings=true`` the frozen ``model.encoder``'s embeddi
 import logging
 import sys
 
-from audiopair.config import config_from_argv
+from audiopair import job
 from audiopair.data.pipeline import BuildError, build_dataset
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    cfg = config_from_argv(argv, __doc__)
+@job.entry(__doc__, log_level=logging.INFO)
+def main(run: job.Job) -> int:
+    cfg = run.cfg
     try:
-        result = build_dataset(cfg.dataset)
+        result = build_dataset(cfg.dataset)  # its progress lines as they come (the other jobs build quietly)
     except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise job.JobError(str(e)) from None
     print(f"built {result.out_dir}: {result.clips} clips, {result.rejected} rejected, {result.seconds:.1f} s")
     for name, n in result.manifests.items():
         print(f"  {name}: {n} examples")

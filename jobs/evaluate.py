@@ -15,46 +15,34 @@ demo``): metrics ``<set>/classify/all/accuracy``, a confusion matrix and predict
 are skipped and counted.
 """
 
-import logging
 import sys
-import time
 from pathlib import Path
 
-from audiopair import tracking
-from audiopair.config import config_from_argv
+from audiopair import job, tracking
 from audiopair.data.pipeline import ensure_ray
 from audiopair.evaluate.downstream import ClassifySetupError, prepare_all
 from audiopair.evaluate.run import classify_table, comparison_table, evaluate_models
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_argv(argv, __doc__)
+@job.entry(__doc__)
+def main(run: job.Job) -> int:
+    cfg, say = run.cfg, run.say
     ev = cfg.evaluate
     if not ev.checkpoints:
-        print("error: evaluate.checkpoints is empty; name the models, e.g. evaluate.checkpoints='{adiff: PATH}'",
-              file=sys.stderr)
-        return 2
+        raise job.JobError("evaluate.checkpoints is empty; name the models, e.g. evaluate.checkpoints='{adiff: PATH}'",
+                           code=2)
     for name, path in ev.checkpoints.items():
         if not any((Path(path) / f).is_file() for f in ("adiff.json", "audiopair_qwen.json")):
-            print(f"error: evaluate.checkpoints.{name}: {path} is neither an ADIFF model folder (adiff.json) nor a "
-                  "finetuned Qwen2-Audio folder (audiopair_qwen.json); give the model/ folder inside a training "
-                  "checkpoint", file=sys.stderr)
-            return 2
+            raise job.JobError(f"evaluate.checkpoints.{name}: {path} is neither an ADIFF model folder (adiff.json) nor "
+                               "a finetuned Qwen2-Audio folder (audiopair_qwen.json); give the model/ folder inside a "
+                               "training checkpoint", code=2)
     try:
         classify_sets = prepare_all(cfg)  # before any model loads: a missing CSV fails now, naming its key
     except ClassifySetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"{time.perf_counter() - t0:6.0f}s  {msg}\n", end="", flush=True)
-
+        raise job.JobError(str(e), code=2) from None
     if ev.num_actors:
         ensure_ray()
-    uri = tracking.setup(cfg.work_dir, cfg.experiment)
-    say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
+    run.start_mlflow()
     with tracking.run("evaluate", tags={"job": "evaluate"}) as parent:
         tracking.log_config(cfg)
         report_dir = Path(cfg.work_dir) / "reports" / f"{cfg.experiment}-evaluate"

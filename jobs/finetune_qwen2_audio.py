@@ -10,17 +10,13 @@ adapter into a standalone model (``finetune.merge=true``), then generates for ``
 ``evaluate.split`` and scores it like jobs/evaluate.py. Re-running with the same ``finetune.run_name`` resumes.
 """
 
-import logging
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 
-from audiopair import tracking
-from audiopair.config import config_from_argv
+from audiopair import job, tracking
 from audiopair.data.manifest import read_manifest
-from audiopair.data.pipeline import BuildError, build_dataset, ensure_ray
 from audiopair.train.engine import local_dir
 
 
@@ -39,34 +35,22 @@ def ensure_base(cfg, say) -> None:
     try:
         AutoProcessor.from_pretrained(ft.model)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"error: finetune.model: cannot load {ft.model!r} ({e}); give a hub id such as "
-                         "Qwen/Qwen2-Audio-7B-Instruct or a local model folder") from None
+        raise job.JobError(f"finetune.model: cannot load {ft.model!r} ({e}); give a hub id such as "
+                           "Qwen/Qwen2-Audio-7B-Instruct or a local model folder", code=2) from None
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_argv(argv, __doc__)
+@job.entry(__doc__)
+def main(run: job.Job) -> int:
+    cfg, say = run.cfg, run.say
     ft = cfg.finetune
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"{time.perf_counter() - t0:6.0f}s  {msg}\n", end="", flush=True)
-
-    ensure_ray()
-    try:
-        built = build_dataset(cfg.dataset, progress=lambda m: None)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    say(f"dataset {built.out_dir}: {built.clips} clips ({built.seconds:.0f} s)")
+    run.build_dataset()
     ensure_base(cfg, say)
 
     from audiopair.evaluate.run import comparison_table, evaluate_models
     from audiopair.models.qwen2_audio import merge_lora
     from audiopair.train.qwen import finetune_qwen2_audio
 
-    uri = tracking.setup(cfg.work_dir, cfg.experiment)
-    say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
+    run.start_mlflow()
     with tracking.run(ft.run_name, tags={"job": "finetune_qwen2_audio", "method": ft.method}) as parent:
         tracking.log_config(cfg)
         ckpt, metrics, result = finetune_qwen2_audio(cfg, say)
@@ -88,7 +72,7 @@ def main(argv=None) -> int:
         results, md = evaluate_models({ft.run_name: model_dir}, cfg.model_copy(update={"evaluate": ev}),
                                       Path(cfg.work_dir) / "reports" / ft.run_name,
                                       f"{ft.run_name} on {cfg.dataset.name}/{ev.split}", say)
-        mlflow.log_metric("job_seconds", time.perf_counter() - t0)
+        mlflow.log_metric("job_seconds", run.seconds())
     for task in ev.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{ev.split}\n" + comparison_table(results, task, ev.metrics))
     say(f"done: report {md}, MLflow run {parent.info.run_id}")

@@ -10,39 +10,22 @@ MLflow (one parent run, a child per model and stage) and prints one table per ta
 with the same ``train.run_name`` skips finished stages and resumes an interrupted one.
 """
 
-import logging
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 
-from audiopair import tracking
-from audiopair.config import config_from_argv
-from audiopair.data.pipeline import BuildError, build_dataset, ensure_ray
+from audiopair import job, tracking
 from audiopair.evaluate.run import comparison_table, evaluate_models
 from audiopair.train.adiff import train_adiff
 from audiopair.train.engine import local_dir
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_argv(argv, __doc__)
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"{time.perf_counter() - t0:6.0f}s  {msg}\n", end="", flush=True)  # one write: threads share stdout
-
-    ensure_ray()
-    try:
-        built = build_dataset(cfg.dataset, progress=lambda m: None)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    say(f"dataset {built.out_dir}: {built.clips} clips ({built.seconds:.0f} s)")
-
-    uri = tracking.setup(cfg.work_dir, cfg.experiment)
-    say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
+@job.entry(__doc__)
+def main(run: job.Job) -> int:
+    cfg, say = run.cfg, run.say
+    run.build_dataset()
+    run.start_mlflow()
     with tracking.run(cfg.train.run_name, tags={"job": "train_adiff"}) as parent:
         tracking.log_config(cfg)
         checkpoints = train_adiff(cfg, say)
@@ -51,7 +34,7 @@ def main(argv=None) -> int:
             models, cfg, Path(cfg.work_dir) / "reports" / cfg.train.run_name,
             f"{cfg.train.run_name}: {', '.join(models)} on {cfg.dataset.name}/{cfg.evaluate.split}", say,
             parallel=cfg.train.parallel)
-        mlflow.log_metric("job_seconds", time.perf_counter() - t0)
+        mlflow.log_metric("job_seconds", run.seconds())
 
     for task in cfg.evaluate.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{cfg.evaluate.split}\n" +
