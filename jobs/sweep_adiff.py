@@ -11,62 +11,36 @@ table and the Figure-4 plot (also in ``<work_dir>/reports/<sweep.name>/``). Re-r
 resumes an interrupted sweep; finished trials are not trained again.
 """
 
-import logging
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 
-from audiopair import tracking
-from audiopair.config import ConfigError, config_from_argv
-from audiopair.data.pipeline import BuildError, build_dataset, ensure_ray
-from audiopair.evaluate.run import evaluate_checkpoint
+from audiopair import job
+from audiopair.evaluate import sweep_report
 from audiopair.train import sweep
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = config_from_argv(argv, __doc__)
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        print(f"{time.perf_counter() - t0:6.0f}s  {msg}\n", end="", flush=True)  # one write: threads share stdout
-
-    try:
-        sweep.check_grid(cfg)  # a bad sweep key fails here, before the dataset build or any training
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    ensure_ray()
-    try:
-        built = build_dataset(cfg.dataset, progress=lambda m: None)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    say(f"dataset {built.out_dir}: {built.clips} clips")
-
-    uri = tracking.setup(cfg.work_dir, cfg.experiment)
-    say(f"MLflow: {uri}, experiment {cfg.experiment!r}")
-    ecfg, folder = sweep.eval_config(cfg), Path(cfg.work_dir) / "reports" / cfg.sweep.name
-
-    def evaluate(trial: sweep.Trial) -> dict:
-        ev = evaluate_checkpoint(sweep.model_dir(cfg, trial.checkpoint), ecfg, trial.label, log_mlflow=False, say=say)
-        return {group: rep.values for group, rep in ev.reports.get("adiff", {}).items()}
-
-    with sweep.sweep_run(cfg) as parent:
+@job.entry(__doc__)
+def main(run: job.Job) -> int:
+    cfg, say = run.cfg, run.say
+    # A bad sweep key, or a grid other than the one this sweep.name started with, fails here (ConfigError: exit 2),
+    # before the dataset build, any training or the MLflow parent run.
+    sweep.check_grid(cfg)
+    sweep.check_resumable(cfg)
+    run.build_dataset()
+    run.start_mlflow()
+    folder = Path(cfg.work_dir) / "reports" / cfg.sweep.name
+    with sweep_report.sweep_run(cfg) as parent:
         try:
             trials = sweep.run_sweep(cfg, parent.info.run_id, say)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         except sweep.Interrupted as e:
             print(f"{e}", file=sys.stderr)
             mlflow.end_run("KILLED")  # the next run of the job reopens this parent run
             return 130
-        sweep.score_trials(trials, ecfg, evaluate, folder, say)
-        table, figure = sweep.report(trials, cfg, folder, parent.info.run_id)
-        mlflow.log_metric("job_seconds", time.perf_counter() - t0)
+        sweep_report.score_trials(trials, cfg, folder, say)
+        table, figure = sweep_report.report(trials, cfg, folder, parent.info.run_id)
+        mlflow.log_metric("job_seconds", run.seconds())
 
     print("\n" + table.read_text())
     say(f"done: {table}, {figure}, MLflow run {parent.info.run_id}")

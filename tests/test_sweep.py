@@ -79,6 +79,20 @@ def test_bad_search_space_keys_fail_before_anything_runs(tiny_dataset, tmp_path,
     assert not (tmp_path / "never-built").exists() and not (tmp_path / "w").exists()
 
 
+def test_scheduler_is_asha_on_trial_epochs_or_fifo_and_a_bad_one_names_the_choices():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from audiopair.train.sweep import scheduler
+
+    demo = REPO / "jobs" / "configs" / "demo.yaml"
+    asha = scheduler(load_config(demo).sweep, longest=4)
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "trial_epoch" and asha._max_t == 5
+    assert type(scheduler(load_config(demo, ["sweep.scheduler=fifo"]).sweep, 4)) is FIFOScheduler
+    assert load_config(REPO / "jobs" / "configs" / "sweep_adiff_acd.yaml").sweep.scheduler == "fifo"  # §5.3: all run
+    with pytest.raises(ConfigError, match=r"sweep\.scheduler.*asha.*fifo"):
+        load_config(demo, ["sweep.scheduler=hyperband"])
+
+
 class Interrupt:
     """A Tune callback that presses Ctrl+C (SIGUSR1, which Tune treats the same) when the first trial ends, once:
     Tune saves its callbacks with the experiment, so the restored sweep gets this one back."""

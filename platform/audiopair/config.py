@@ -382,6 +382,9 @@ class SweepConfig(Section):
     space: dict[str, list[Any]] = {}  # dotted config key -> values, e.g. {train.stages.0.epochs: [30, 50]}: a grid
     stages: list[str] = ["grounding"]  # §5.3 scales stage 2; add finetune to train both per trial
     metric: Literal["val_loss", "train_loss"] = "val_loss"  # what ASHA compares, per epoch
+    # asha: stop trials clearly behind at the same epoch; fifo: every trial trains to its end. §5.3 finds the larger
+    # GPT-2s behind early and still improving at 50 epochs, so ASHA on sizes would stop exactly those trials.
+    scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)  # ASHA: epochs every trial trains before it can be stopped
     reduction_factor: float = Field(2.0, gt=1)  # ASHA keeps the best 1/reduction_factor at each rung
     max_concurrent_trials: int = Field(0, ge=0)  # 0: as many as the cluster's GPUs (CPUs without GPUs) fit

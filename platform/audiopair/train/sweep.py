@@ -12,19 +12,17 @@ shared by the trials that need it (each size trains for several epoch budgets).
 
 Re-running with the same ``sweep.name`` and ``train.storage_path`` restores the Tune experiment: finished trials are
 not run again, an interrupted one restarts and its Train run resumes from its last epoch checkpoint. A sweep is
-refused when its grid changed since it started. Only the driver talks to MLflow: it logs one child run per trial
-under the sweep's parent, then the Table-5 table and the Figure-4 plot.
+refused when its grid changed since it started. Only the driver talks to MLflow (stage 1's runs here; the
+trials' child runs, Table 5 and Figure 4 in :mod:`audiopair.evaluate.sweep_report`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -106,7 +104,7 @@ def trial_epochs(cfg: Config) -> int:
     return sum(cfg.train.stage(s).epochs for s in cfg.sweep.stages)
 
 
-def _short(key: str, keys) -> str:
+def column_name(key: str, keys) -> str:
     """A space key's column name: its last part, unless two keys share it."""
     last = key.rsplit(".", 1)[-1]
     return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
@@ -286,7 +284,7 @@ class Progress(ray.tune.Callback):
 
 def point_label(point: dict) -> str:
     """``tiny-2x64 epochs=2``: the size and the other grid values."""
-    return " ".join([point["size"]] + [f"{_short(k, point['space'])}={v}" for k, v in point["space"].items()])
+    return " ".join([point["size"]] + [f"{column_name(k, point['space'])}={v}" for k, v in point["space"].items()])
 
 
 def trial_label(trial) -> str:
@@ -345,34 +343,61 @@ def concurrency(cfg: Config, configs: list[Config]) -> int:
     return max(1, int(min(fits)))
 
 
+def scheduler(sw, longest: int):
+    """Tune's trial scheduler for ``sweep.scheduler``. ASHA's time axis is ``trial_epoch``; its ``max_t`` lies past the
+    longest trial, so a trial that reaches its own last epoch ends by itself, not by ASHA."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sw.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="trial_epoch", max_t=longest + 1, grace_period=sw.grace_period,
+                         reduction_factor=sw.reduction_factor)
+
+
 def _fingerprint(cfg: Config) -> dict:
     sw = cfg.sweep
     return {"grid": grid(cfg), "sizes": sizes(cfg), "stages": sw.stages, "metric": sw.metric}
+
+
+def experiment(cfg: Config):
+    """The Tune experiment's folder: ``(pyarrow filesystem, path on it, URI)``."""
+    import pyarrow.fs
+
+    from audiopair.train.engine import storage_uri
+
+    uri = f"{storage_uri(cfg.train).rstrip('/')}/{cfg.sweep.name}"
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs, root, uri
+
+
+def check_resumable(cfg: Config) -> bool:
+    """Whether an earlier run of this sweep (same ``sweep.name`` and storage) left a Tune experiment to restore; a
+    ``ConfigError`` when that one was started with another grid, which must not be mixed into it."""
+    import pyarrow.fs
+
+    fs, root, path = experiment(cfg)
+    if not ray.tune.Tuner.can_restore(path):
+        return False
+    if fs.get_file_info(f"{root}/{MARKER}").type == pyarrow.fs.FileType.File:
+        with fs.open_input_stream(f"{root}/{MARKER}") as f:
+            if json.loads(f.read().decode()) != json.loads(json.dumps(_fingerprint(cfg))):
+                raise ConfigError(f"sweep {cfg.sweep.name!r} at {path} was started with another grid (sweep.sizes / "
+                                  "space / stages / metric); give it another sweep.name, or delete that folder")
+    return True
 
 
 def run_sweep(cfg: Config, parent: str | None = None, say=print, callbacks: tuple = ()) -> list[Trial]:
     """Stage 1, then the Tune experiment (a new one, or the interrupted one restored); returns every trial's outcome
     in grid order. ``parent``: the MLflow run stage 1's runs go under. ``callbacks``: extra Tune callbacks (tests
     interrupt a sweep with one); like Tune's own, they are saved with the experiment and come back on restore."""
-    import pyarrow.fs
-    from ray.tune.schedulers import ASHAScheduler
-
     from audiopair.train.engine import storage_uri
 
     global _say
     _say = say
     cfg = absolute(cfg)
     configs = check_grid(cfg)
-    sw, storage = cfg.sweep, storage_uri(cfg.train)
-    path = f"{storage.rstrip('/')}/{sw.name}"
-    fs, root = pyarrow.fs.FileSystem.from_uri(path)
-    fingerprint = _fingerprint(cfg)
-    restoring = ray.tune.Tuner.can_restore(path)
-    if restoring and fs.get_file_info(f"{root}/{MARKER}").type == pyarrow.fs.FileType.File:
-        with fs.open_input_stream(f"{root}/{MARKER}") as f:
-            if json.loads(f.read().decode()) != json.loads(json.dumps(fingerprint)):
-                raise ConfigError(f"sweep {sw.name!r} at {path} was started with another grid (sweep.sizes / space / "
-                                  "stages / metric); give it another sweep.name, or delete that folder")
+    sw, (fs, root, path), fingerprint = cfg.sweep, experiment(cfg), _fingerprint(cfg)
+    restoring = check_resumable(cfg)
     stage1 = pretrain(cfg, configs, parent, say)
     _cache_embeddings(cfg, configs, stage1, say)
     trainable = ray.tune.with_resources(
@@ -383,16 +408,14 @@ def run_sweep(cfg: Config, parent: str | None = None, say=print, callbacks: tupl
     else:
         points, longest = grid(cfg), max(trial_epochs(c) for c in configs)
         limit = concurrency(cfg, configs)
-        say(f"sweep {sw.name}: {len(points)} trials, {limit} at a time, ASHA on {sw.metric} from epoch "
-            f"{sw.grace_period}")
-        # max_t past the longest trial: a trial that reaches its own last epoch ends by itself, not by ASHA
-        asha = ASHAScheduler(time_attr="trial_epoch", max_t=longest + 1, grace_period=sw.grace_period,
-                             reduction_factor=sw.reduction_factor)
+        say(f"sweep {sw.name}: {len(points)} trials, {limit} at a time, "
+            + (f"ASHA on {sw.metric} from epoch {sw.grace_period}" if sw.scheduler == "asha" else "each to its end"))
         tuner = ray.tune.Tuner(
             trainable, param_space={"point": ray.tune.grid_search(points)},
-            tune_config=ray.tune.TuneConfig(metric=sw.metric, mode="min", scheduler=asha, max_concurrent_trials=limit,
+            tune_config=ray.tune.TuneConfig(metric=sw.metric, mode="min", scheduler=scheduler(sw, longest),
+                                            max_concurrent_trials=limit,
                                             trial_name_creator=trial_label, trial_dirname_creator=trial_dirname),
-            run_config=ray.tune.RunConfig(name=sw.name, storage_path=storage, verbose=0,
+            run_config=ray.tune.RunConfig(name=sw.name, storage_path=storage_uri(cfg.train), verbose=0,
                                           callbacks=[ReleaseStoppedTrainRuns(), Progress(), *callbacks]))
         fs.create_dir(root)
         with fs.open_output_stream(f"{root}/{MARKER}") as f:
@@ -426,172 +449,3 @@ def _outcomes(cfg: Config, configs: list[Config], results) -> list[Trial]:
                          history[-1]["trial_epoch"] if history else 0, history, ckpt,
                          None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:2000]))
     return sorted(out, key=lambda t: keys.index(json.dumps({"size": t.size, "space": t.space}, sort_keys=True)))
-
-
-# ---------------------------------------------------------------------------------------------- evaluation, report
-def eval_config(cfg: Config) -> Config:
-    """``cfg`` with the sweep's evaluation: ``sweep.eval_limit`` test examples per tier of the ADIFF task, scored
-    with ``sweep.metrics`` (Table 5's columns); no figures, no downstream classification."""
-    update = {"tasks": ["adiff"], "limit": cfg.sweep.eval_limit, "metrics": list(cfg.sweep.metrics), "draw": [],
-              "classify": []}
-    ev = cfg.evaluate.model_copy(update={k: v for k, v in update.items() if k in type(cfg.evaluate).model_fields})
-    return cfg.model_copy(update={"evaluate": ev})
-
-
-def model_dir(cfg: Config, checkpoint: str) -> Path:
-    """A trial's reported checkpoint as a local model folder (downloaded once from S3 / GCS)."""
-    import pyarrow.fs
-    import ray.train
-
-    from audiopair.train.engine import local_dir, storage_uri
-
-    fs, _ = pyarrow.fs.FileSystem.from_uri(storage_uri(cfg.train))
-    return local_dir(ray.train.Checkpoint(checkpoint, filesystem=fs)) / "model"
-
-
-def score_trials(trials: list[Trial], cfg: Config, evaluate: Callable[[Trial], dict], folder: Path,
-                 say=print) -> None:
-    """Fill ``trial.scores`` with ``evaluate(trial)`` (group -> metric -> value on the test split), reusing the scores
-    a previous run of this sweep saved for the same checkpoint in ``folder/trials.json``."""
-    saved = {}
-    if (folder / "trials.json").exists():
-        saved = {t["trial_id"]: t for t in json.loads((folder / "trials.json").read_text())}
-    for t in trials:
-        old = saved.get(t.trial_id)
-        if old and old.get("checkpoint") == t.checkpoint and old.get("scores"):
-            t.scores = old["scores"]
-        elif t.checkpoint:
-            say(f"[{t.label}] scoring its last checkpoint on {cfg.dataset.name}/{cfg.evaluate.split}")
-            t.scores = evaluate(t)
-
-
-def _fmt(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def table5(trials: list[Trial], cfg: Config) -> str:
-    """ADIFF Table 5's shape in Markdown: one row per trial (task, LM, the other grid values, epochs trained), then
-    each tier's ``sweep.metrics``, then the last validation ``sweep.metric``. ``-``: a metric that did not run (see
-    the evaluation's ``unavailable``), or a trial without a checkpoint."""
-    keys = [k for k in cfg.sweep.space]
-    tiers = sorted({g for t in trials for g in t.scores if g.startswith("tier")}) or ["tier1", "tier2", "tier3"]
-    head = ["Task", "LM", *[_short(k, keys) for k in keys], "epochs trained"]
-    head += [f"{g.replace('tier', 'Tier ')} {m}" for g in tiers for m in cfg.sweep.metrics] + [cfg.sweep.metric]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, t in enumerate(trials):
-        trained = {"completed": str(t.epochs), "error": "error"}.get(t.status, f"{t.epochs} (stopped by ASHA)")
-        row = [cfg.dataset.name if i == 0 else "", t.size, *[str(t.space[k]) for k in keys], trained]
-        row += [_fmt(t.scores.get(g, {}).get(m)) for g in tiers for m in cfg.sweep.metrics]
-        row.append(_fmt(t.history[-1].get(cfg.sweep.metric) if t.history else None))
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def figure4(trials: list[Trial], cfg: Config, path: Path) -> Path:
-    """ADIFF Figure 4: per LM size, the validation metric over the epochs trained (one line per trial; a cross where
-    ASHA stopped one) and, beside it, the test score (mean over tiers of the first of ``sweep.metrics`` that ran) at
-    each trial's epochs. SPIDEr (the paper's), else CIDEr-D, else the first of ``sweep.metrics`` that ran."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    names = list(dict.fromkeys(t.size for t in trials))
-    colors = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
-    ran = [m for m in cfg.sweep.metrics if any(m in s for t in trials for s in t.scores.values())]
-    metric = next((m for m in ("spider", "cider_d", *ran) if m in ran), None)
-    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11 if metric else 6, 4), squeeze=False)
-    ax = axes[0][0]
-    for t in trials:
-        xs = [h["trial_epoch"] for h in t.history]
-        ys = [h.get(cfg.sweep.metric, float("nan")) for h in t.history]
-        ax.plot(xs, ys, "-o", color=colors[t.size], alpha=0.8, ms=3, label=t.label)
-        if xs and t.epochs < t.planned_epochs:
-            ax.plot(xs[-1], ys[-1], "x", color="black", ms=9)
-    ax.set(xlabel="epoch", ylabel=f"validation {cfg.sweep.metric}", title="per epoch (x: stopped by ASHA)")
-    ax.legend(fontsize=7)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if metric:
-        ax = axes[0][1]
-        for n in names:
-            pts = sorted((t.epochs, sum(v[metric] for g, v in t.scores.items() if g.startswith("tier") and metric in v)
-                          / max(1, sum(g.startswith("tier") and metric in v for g, v in t.scores.items())))
-                         for t in trials if t.size == n and t.scores)
-            if pts:
-                ax.plot(*zip(*pts), "-o", color=colors[n], label=n)
-        ax.set(xlabel="epochs trained", ylabel=f"test {metric} (mean of tiers)", title=f"{cfg.dataset.name} test split")
-        ax.legend(fontsize=7)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"{cfg.sweep.name}: language-model scaling (ADIFF §5.3)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def report(trials: list[Trial], cfg: Config, folder: Path, parent: str) -> tuple[Path, Path]:
-    """``table5.md``, ``figure4.png`` and ``trials.json`` in ``folder``, logged to the parent run (``report/``), and one
-    MLflow child run per trial (found again by its trial id when a resumed sweep reports twice)."""
-    import mlflow
-
-    from audiopair import tracking
-    from audiopair.data.io import atomic_write_text
-
-    folder.mkdir(parents=True, exist_ok=True)
-    md = f"# {cfg.sweep.name}: ADIFF language-model scaling on {cfg.dataset.name}\n\n{table5(trials, cfg)}\n"
-    atomic_write_text(folder / "table5.md", md)
-    atomic_write_text(folder / "trials.json", json.dumps([{**asdict(t), "status": t.status} for t in trials], indent=1))
-    png = figure4(trials, cfg, folder / "figure4.png")
-    for t in trials:
-        _log_trial(t, cfg, parent, mlflow, tracking)
-    for p in (folder / "table5.md", png, folder / "trials.json"):
-        mlflow.log_artifact(str(p), "report")
-    best = [t for t in trials if t.history and t.status == "completed"]
-    if best:
-        top = min(best, key=lambda t: t.history[-1].get(cfg.sweep.metric, math.inf))
-        mlflow.set_tags({"best_trial": top.trial_id, "best_label": top.label})
-    return folder / "table5.md", png
-
-
-def _log_trial(t: Trial, cfg: Config, parent: str, mlflow, tracking) -> None:
-    found = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.trial_id = "
-                                             f"'{t.trial_id}'", output_format="list")
-    tags = {"trial_id": t.trial_id, "size": t.size, "status": t.status, "checkpoint": t.checkpoint or ""}
-    ctx = mlflow.start_run(run_id=found[0].info.run_id, nested=True) if found else \
-        tracking.run(t.label, parent=parent, tags=tags)
-    with ctx:
-        mlflow.set_tags(tags)
-        if not found:
-            mlflow.log_params({"size": t.size, **{k: json.dumps(v) for k, v in t.space.items()}})
-            for h in t.history:
-                mlflow.log_metrics({k: h[k] for k in ("train_loss", "val_loss") if k in h and h[k] == h[k]},
-                                   step=int(h["trial_epoch"]))
-        mlflow.log_metric("epochs_trained", t.epochs)
-        for group, values in t.scores.items():
-            mlflow.log_metrics({f"{cfg.dataset.name}/adiff/{group}/{m}": v for m, v in values.items()
-                                if isinstance(v, (int, float)) and v == v})
-        if t.error:
-            mlflow.set_tag("error", t.error[:5000])
-
-
-@contextlib.contextmanager
-def sweep_run(cfg: Config):
-    """The sweep's MLflow parent run: the one an earlier, interrupted run of this sweep (same name and storage) opened,
-    so a resumed sweep keeps one parent with one child per trial; else a new one."""
-    import mlflow
-
-    from audiopair import tracking
-    from audiopair.train.engine import storage_uri
-
-    key = f"{storage_uri(cfg.train).rstrip('/')}/{cfg.sweep.name}"
-    found = mlflow.search_runs(filter_string=f"tags.sweep_path = '{key}'", order_by=["start_time DESC"],
-                               max_results=1, output_format="list")
-    if found:
-        with mlflow.start_run(run_id=found[0].info.run_id) as run:
-            yield run
-    else:
-        with tracking.run(cfg.sweep.name, tags={"job": "sweep_adiff", "sweep_path": key}) as run:
-            tracking.log_config(cfg)
-            yield run
