@@ -95,3 +95,12 @@ def test_a_finished_stage_is_not_trained_again(tiny_dataset, tmp_path):
     again, metrics2, result2 = fit_stage(make_recipe, cfg.train, "grounding", "once",
                                          {**extra, "stage": "grounding"}, stage)
     assert result2 is None and again.path == ckpt.path and metrics2 == metrics
+    # the job's wrapper says so, instead of announcing epochs it will not train
+    from audiopair import tracking
+    from audiopair.train.adiff import logged_stage
+
+    tracking.setup(tmp_path / "work", "finished-stage")
+    said = []
+    third = logged_stage(make_recipe, cfg.train, "grounding", "once", {**extra, "stage": "grounding"}, stage, None,
+                         "once", said.append)
+    assert third.path == ckpt.path and "nothing is trained" in said[0] and "epochs at lr" not in " ".join(said)

@@ -143,9 +143,12 @@ def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, 
     import mlflow
 
     from audiopair import tracking
-    from audiopair.train.engine import fit_stage
+    from audiopair.train.engine import finished_stage, fit_stage
 
-    say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
+    if finished_stage(tc, run):
+        say(f"[{run}] finished in an earlier run of the job: its checkpoint is reused, nothing is trained")
+    else:
+        say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
     with tracking.run(label, parent=parent, tags={"stage": stage_name}):
         mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
         ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
