@@ -90,3 +90,11 @@ def tiny_checkpoint(tmp_path_factory):
     model = build_model(cfg.model, tok)
     save_checkpoint(model, tmp / "model", tokenizer=tok)
     return tmp / "model"
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_uri(monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so an earlier test in this worker would leave its store in
+    the environment, and a job a test starts as a subprocess would take it for the user's server. Tests that want
+    one set it themselves."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
