@@ -137,13 +137,12 @@ def test_generation_is_batched_seeded_and_skips_bad_examples(tiny_dataset, check
     assert "no/such/clip" in pooled[0]["error"]
 
 
-def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_path, monkeypatch):
+def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_path):
     import mlflow
 
     from audiopair import tracking
     from audiopair.evaluate.run import comparison_table, evaluate_checkpoint, write_report
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dcfg, _ = tiny_dataset
     from audiopair.evaluate.run import split_examples
 

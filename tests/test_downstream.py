@@ -149,10 +149,9 @@ def _job():
     return mod
 
 
-def test_evaluate_job_logs_accuracy_and_reports_the_table(label_csv, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+def test_evaluate_job_logs_accuracy_and_reports_the_table(label_csv, tiny_checkpoint, tmp_path, capsys):
     import mlflow
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = _job()
     work = tmp_path / "work"
     base = [*TINY, f"dataset.output_dir={tmp_path / 'never-built'}", f"work_dir={work}", "experiment=cls",
