@@ -132,6 +132,13 @@ class FeatureConfig(Section):
     hop_length: int = Field(320, ge=16)
     f_min: float = Field(50.0, ge=0)
     f_max: float | None = 14000.0
+    # ADIFF's reference front end (torchlibrosa / librosa defaults): Slaney mel scale, Slaney (area) normalised
+    # filters. "htk" with mel_norm null is torchaudio's MelSpectrogram default, which the demo keeps.
+    mel_scale: Literal["slaney", "htk"] = "slaney"
+    mel_norm: Literal["slaney"] | None = "slaney"
+    # how the cached log-mels are stored: float32 keeps the reference's values exactly (a 10 s clip is 256 kB);
+    # float16 halves that at a rounding of up to 0.03 dB
+    dtype: Literal["float32", "float16"] = "float32"
     # also cache model.encoder's embeddings after the build (a pretrained, frozen encoder: real-scale ADIFF), on a
     # Ray Data pool of embedding_actors actors (GPU actors with embedding_gpus); training then never runs it
     embeddings: bool = False
@@ -183,6 +190,12 @@ class EncoderConfig(Section):
     # frame logits -> clip logits for stage-1 event training. "max" keeps the frame probabilities calibrated (an absent
     # event must be low in every frame), which the hallucination view reads; "attention" fits clips a bit faster.
     clip_pool: Literal["max", "attention"] = "max"
+    # "token_semantic": HTSAT's own head, a (2 x 3) convolution over the last feature map whose clip output is the
+    # mean of its frame outputs (what HTSAT's AudioSet checkpoints and ADIFF carry); "linear": a per-frame linear
+    # with clip_pool pooling (trains faster from scratch on the demo)
+    event_head: Literal["token_semantic", "linear"] = "token_semantic"
+    # AudioSet's class_labels_indices.csv (index,mid,display_name) naming the event head's classes; None: numbered
+    class_labels: str | None = None
     freeze: bool = True  # ADIFF App. G: frozen in every stage; False lets stage 3 train it
     seed: int = 0  # random init (pretrained=None, language_only) is reproducible
 
@@ -213,12 +226,29 @@ class AdiffModelConfig(Section):
     variant: Literal["adiff", "baseline", "language_only"] = "adiff"
     prefix_len: int = Field(40, ge=1)  # tokens per audio
     prompt_len: int = Field(40, ge=1)  # prompt tokens (padded / truncated), also the text prefix length
-    mapper_layers: int = Field(8, ge=1)
+    # The defaults below are the released network (soham97/ADIFF model/adiff.py, model/decoder.py): base.yaml says
+    # num_layers 8, and the code builds int(8 / 2) = 4 layers per mapper; mapper heads are hard-coded to 8.
+    mapper_layers: int = Field(4, ge=1)
     mapper_heads: int = Field(8, ge=1)
     mapper_mlp_ratio: float = Field(2.0, gt=0)  # ClipCap's TransformerMapper uses 2
     cross_layers: int = Field(4, ge=1)
+    cross_heads: int = Field(4, ge=1)
     shared_mapper: bool = False  # paper: a mapper per audio
-    dropout: float = Field(0.1, ge=0, lt=1)  # in the mappers and cross-projection
+    dropout: float = Field(0.0, ge=0, lt=1)  # in the mappers and cross-projection (the reference's is 0)
+    # audio projection: d_audio -> d_proj (two bias-free linears, GELU, dropout, residual, LayerNorm); None: none
+    d_proj: int | None = Field(1024, ge=1)
+    projection_dropout: float = Field(0.5, ge=0, lt=1)
+    normalize_prefix: bool = True  # L2-normalise the (projected) audio embedding before the mappers
+    # audiopair's own options, each measured on the demo (benchmarks/RESULTS.md); the defaults are the reference's
+    activation: Literal["relu", "gelu"] = "relu"  # in the mapper / cross-projection MLPs
+    attention_bias: bool = False  # biases on the queries / keys / values projections
+    text_position: bool = False  # a learned position vector added to the prompt embeddings in the text mapper
+    prompt_mask: bool = False  # the text mapper ignores prompt padding (the reference attends to the pad tokens)
+    cross_constant: bool = False  # a learned per-position constant added before the cross-projection
+    # how a prompt becomes the text mapper's input: text + prompt_suffix, right-padded with prompt_pad to
+    # prompt_len (the reference: " <|endoftext|>" and "!"); "<|endoftext|>" as pad is the tokenizer's eos
+    prompt_suffix: str = " <|endoftext|>"
+    prompt_pad: str = "!"
     lm_pretrained: str | None = "gpt2"  # gpt2 / gpt2-medium / gpt2-large / gpt2-xl or a local folder; None: tiny random
     lm_layers: int = Field(12, ge=1)  # sizes of a random GPT-2 (lm_pretrained=None); defaults = GPT-2 base
     lm_dim: int = Field(768, ge=8)
@@ -398,8 +428,12 @@ class SweepConfig(Section):
 class DecodingConfig(Section):
     """How generation decodes: greedy, beam search, or top-k / top-p / temperature sampling (seeded)."""
 
-    strategy: Literal["greedy", "beam", "sample"] = "greedy"
+    # "reference": ADIFF's wrapper loop (soham97/ADIFF wrapper.py _generate_greedy): argmax after a top-p 0.8 mask
+    # (which cannot change the argmax), no KV cache, stop after emitting stop_token's first id (a lone space for
+    # " <|endoftext|>", id 220), which is kept in the text
+    strategy: Literal["greedy", "beam", "sample", "reference"] = "greedy"
     max_new_tokens: int = Field(64, ge=1)
+    stop_token: str = " <|endoftext|>"  # strategy=reference only
     num_beams: int = Field(4, ge=1)
     top_k: int = Field(50, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)

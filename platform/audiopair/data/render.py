@@ -69,7 +69,7 @@ def process_shard(index: int, items: list[RenderItem], clips: dict[str, Clip], c
             culprit = _culprit(item.recipe, clips, e) if isinstance(e, AudioError) else "?"
             done["rejected"].append({"clip_id": item.id, "path": culprit, "reason": str(e), "recipe": item.recipe})
     if rows:
-        feats.write_shard(out / "features" / "logmel" / f"{shard_name(index)}.parquet", rows)
+        feats.write_shard(out / "features" / "logmel" / f"{shard_name(index)}.parquet", rows, cfg.features.dtype)
     atomic_write_json(marker, done)
     return done
 
