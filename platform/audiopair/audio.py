@@ -89,12 +89,31 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y.numpy()
 
 
-def crop_or_pad(x: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
-    """Exactly ``length`` samples: take ``x[offset:offset+length]``, zero-padding at the end when short."""
+def crop_or_pad(x: np.ndarray, length: int, offset: int = 0, pad: str = "zero") -> np.ndarray:
+    """Exactly ``length`` samples: take ``x[offset:offset+length]``; a short clip is padded at the end with zeros
+    (``pad="zero"``) or with repeats of itself (``pad="repeat"``: ADIFF's and HTSAT's loaders, which tile the clip
+    ``ceil(length / len)`` times and keep the first ``length`` samples)."""
+    if pad == "repeat" and 0 < len(x) < length:
+        return np.tile(np.asarray(x, dtype=np.float32), -(-length // len(x)))[:length]
     out = np.zeros(length, dtype=np.float32)
     piece = x[offset : offset + length]
     out[: len(piece)] = piece
     return out
+
+
+def crop_offset(n: int, length: int, policy: str, key: str = "") -> int:
+    """Where a ``length``-sample crop of an ``n``-sample clip starts: "start" 0, "center" the middle, "random" a
+    position drawn from ``key`` (a stable string such as seed + clip id, so a rebuild crops the same way)."""
+    room = max(n - length, 0)
+    if policy == "start" or room == 0:
+        return 0
+    if policy == "center":
+        return room // 2
+    if policy == "random":
+        import zlib
+
+        return zlib.crc32(key.encode()) % (room + 1)
+    raise ValueError(f"unknown crop policy {policy!r}; use start, center or random")
 
 
 def load_audio(
@@ -102,12 +121,17 @@ def load_audio(
     sample_rate: int,
     seconds: float | None = None,
     offset_seconds: float = 0.0,
+    pad: str = "zero",
+    crop: str | None = None,
 ) -> np.ndarray:
-    """Load a file as mono float32 at ``sample_rate``; optionally cropped or padded to ``seconds``."""
+    """Load a file as mono float32 at ``sample_rate``; optionally cropped or padded to ``seconds`` (``pad``: see
+    ``crop_or_pad``; ``crop``: a ``crop_offset`` policy keyed by the path, instead of ``offset_seconds``)."""
     data, sr = read_audio(path)
     x = resample(to_mono(data), sr, sample_rate)
     if seconds is not None:
-        x = crop_or_pad(x, int(round(seconds * sample_rate)), int(round(offset_seconds * sample_rate)))
+        length = int(round(seconds * sample_rate))
+        offset = crop_offset(len(x), length, crop, str(path)) if crop else int(round(offset_seconds * sample_rate))
+        x = crop_or_pad(x, length, offset, pad)
     if not np.isfinite(x).all():
         raise AudioError(path, "non-finite samples after resampling")
     return x

@@ -155,6 +155,12 @@ class DatasetConfig(Section):
     demo: DemoBankConfig = DemoBankConfig()
     sample_rate: int = Field(32000, ge=8000)
     clip_seconds: float | None = Field(10.0, gt=0)  # crop/pad every rendered clip; None keeps source length
+    # how a source file is fitted to clip_seconds (ADIFF's loader: repeat short clips, random crops in training; it
+    # crops at random at inference too, which audiopair makes a deterministic choice). "random" is seeded by
+    # dataset.seed and the clip id, so the cached features stay reproducible.
+    pad_mode: Literal["repeat", "zero"] = "repeat"
+    train_crop: Literal["random", "start", "center"] = "random"
+    eval_crop: Literal["start", "center"] = "start"
     seed: int = 0
     splits: SplitConfig = SplitConfig()
     mix: MixConfig = MixConfig()
@@ -302,6 +308,9 @@ class TrainConfig(Section):
 
     storage_path: str = "work/runs"  # local folder, NFS path or s3:// / gs:// URI for checkpoints
     run_name: str = "adiff-demo"  # a restarted job with the same name resumes from its last checkpoint
+    # an ADIFF model folder (trained here, or a released checkpoint imported by jobs/import_adiff.py) the first of
+    # train.stages starts from, with its architecture and tokenizer (model.* is then taken from the folder)
+    init_from: str | None = None
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from audiopair.audio import AudioError, load_audio
+from audiopair.audio import AudioError, crop_offset, crop_or_pad, load_audio
 from audiopair.config import DatasetConfig, SourceConfig
 from audiopair.corpus.base import Clip
 
 
-def load_clip(clip: Clip, sample_rate: int, seconds: float | None) -> np.ndarray:
+def load_clip(clip: Clip, sample_rate: int, seconds: float | None, pad: str = "zero", crop: str = "start",
+              seed: int = 0) -> np.ndarray:
     """A source clip's audio: synthesised for the demo bank, read from its file otherwise. Needs only the clip,
-    so Ray workers can load any source's clips without the source objects."""
+    so Ray workers can load any source's clips without the source objects. A file is cropped / padded to
+    ``seconds`` by ``pad`` and ``crop`` (``audiopair.audio.crop_or_pad`` / ``crop_offset``; "random" is keyed by
+    ``seed`` and the clip id, so a rebuild cuts the same piece)."""
     if "synth" in clip.meta:
         from audiopair.corpus.demo import synthesise
 
         return synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)
     if clip.path is None:
         raise AudioError(None, f"clip {clip.id} has neither a file nor a synth recipe")
-    return load_audio(clip.path, sample_rate, seconds)
+    if seconds is None:
+        return load_audio(clip.path, sample_rate)
+    x = load_audio(clip.path, sample_rate)
+    length = int(round(seconds * sample_rate))
+    return crop_or_pad(x, length, crop_offset(len(x), length, crop, f"{seed}|{clip.id}"), pad)
 
 
 def make_source(scfg: SourceConfig, dcfg: DatasetConfig):

@@ -25,6 +25,36 @@ def front_end(cfg: FeatureConfig, sample_rate: int) -> dict:
     return {"sample_rate": sample_rate, **{k: getattr(cfg, k) for k in FRONT_END_KEYS}}
 
 
+def front_end_of(dataset_dir: str | os.PathLike) -> dict | None:
+    """``front_end`` of the dataset built in ``dataset_dir`` (from its ``build.json``), or None when it has none."""
+    import json
+
+    meta = Path(dataset_dir) / "build.json"
+    if not meta.is_file():
+        return None
+    cfg = json.loads(meta.read_text()).get("config", {})
+    features = FeatureConfig.model_validate(cfg.get("features", {}))
+    return front_end(features, cfg.get("sample_rate", 32000))
+
+
+def front_end_mismatch(model: dict | None, data: dict | None) -> list[str]:
+    """The settings on which a model's front end and a dataset's differ, as ``key: model vs data`` (empty when
+    either is unknown: models saved before front ends were recorded)."""
+    if not model or not data:
+        return []
+    return [f"{k}: {model.get(k)!r} vs {data.get(k)!r}" for k in sorted(set(model) | set(data))
+            if model.get(k) != data.get(k)]
+
+
+def check_front_end(model: dict | None, data: dict | None, what: str) -> None:
+    """ValueError naming every log-mel setting on which ``what`` (a model and a dataset) disagree: a model fed
+    features of another front end produces confident nonsense, never an error of its own."""
+    diff = front_end_mismatch(model, data)
+    if diff:
+        raise ValueError(f"{what}: the model was trained on other log-mels than the dataset holds ({'; '.join(diff)});"
+                         " rebuild the dataset with the model's dataset.features / sample_rate")
+
+
 def _hz_to_mel(f: np.ndarray, scale: str) -> np.ndarray:
     if scale == "htk":
         return 2595.0 * np.log10(1.0 + f / 700.0)

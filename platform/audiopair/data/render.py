@@ -21,14 +21,16 @@ from audiopair.tasks import facts as facts_mod
 from audiopair.tasks.edits import RenderItem
 
 
-def render(recipe: dict, clips: dict[str, Clip], cfg: DatasetConfig) -> tuple[np.ndarray, dict]:
-    """The audio of a recipe, and what rendering measured (onset in seconds, gains). Deterministic."""
+def render(recipe: dict, clips: dict[str, Clip], cfg: DatasetConfig, split: str = "test") -> tuple[np.ndarray, dict]:
+    """The audio of a recipe, and what rendering measured (onset in seconds, gains). Deterministic. Source clips
+    are fitted to ``clip_seconds`` with ``cfg.pad_mode`` and the ``split``'s crop policy."""
     sr, seconds = cfg.sample_rate, cfg.clip_seconds
+    fit = {"pad": cfg.pad_mode, "crop": cfg.train_crop if split == "train" else cfg.eval_crop, "seed": cfg.seed}
     if recipe["op"] == "source":
-        return load_clip(clips[recipe["clip"]], sr, seconds), {}
+        return load_clip(clips[recipe["clip"]], sr, seconds, **fit), {}
     if recipe["op"] != "mix":
         raise ValueError(f"unknown recipe op {recipe['op']!r}")
-    base = load_clip(clips[recipe["base"]], sr, seconds)
+    base = load_clip(clips[recipe["base"]], sr, seconds, **fit)
     event = load_clip(clips[recipe["event"]], sr, None)
     min_len = int(cfg.mix.min_event_seconds * sr)
     room = len(base) - min(len(event), len(base))
@@ -60,7 +62,7 @@ def process_shard(index: int, items: list[RenderItem], clips: dict[str, Clip], c
     rows = []
     for item in items:
         try:
-            x, info = render(item.recipe, clips, cfg)
+            x, info = render(item.recipe, clips, cfg, item.split)
             write_audio(out / "audio" / f"{item.id}.flac", x, cfg.sample_rate)
             done["clips"][item.id] = {"facts": facts_mod.measure(x, cfg.sample_rate), "render": info}
             if cfg.features.logmel:

@@ -34,7 +34,7 @@ def is_qwen(checkpoint: str | Path) -> bool:
 
 
 def hf_kwargs(d: DecodingConfig) -> dict:
-    """``DecodingConfig`` -> keyword arguments of transformers' ``generate``."""
+    """``DecodingConfig`` -> keyword arguments of transformers' ``generate`` (strategy "reference": greedy)."""
     if d.strategy == "beam":
         return {"num_beams": d.num_beams, "do_sample": False, "early_stopping": True}
     if d.strategy == "sample":
@@ -63,7 +63,10 @@ class Generator:
 
     def __init__(self, checkpoint: str | Path, dataset_dir: str | Path, decoding: DecodingConfig | dict | None = None,
                  device: str | None = None):
+        from audiopair.data.features import check_front_end, front_end_of
+
         self.load_model(checkpoint, decoding, device)
+        check_front_end(self.model.front_end, front_end_of(dataset_dir), f"{checkpoint} on dataset {dataset_dir}")
         self.store = FeatureStore(dataset_dir)
 
     def load_model(self, checkpoint: str | Path, decoding: DecodingConfig | dict | None = None,
@@ -96,15 +99,34 @@ class Generator:
         torch.manual_seed(random.Random(f"{self.decoding.seed}|{first_id}").randrange(1 << 63))
 
     def texts(self, inputs: list, prompts: list[str], ids: list[str]) -> list[str]:
-        from audiopair.models.tokenizer import encode_prompts
-
         mels1, mels2 = (stack_mels(list(m)).to(self.device) for m in zip(*inputs))
-        tok_ids, mask = encode_prompts(self.tok, prompts, self.model.cfg.prompt_len)
+        return [self.decode(row) for row in self.raw(mels1, mels2, prompts, ids[0])]
+
+    def raw(self, audio1: torch.Tensor, audio2: torch.Tensor, prompts: list[str], seed_id: str = "") -> torch.Tensor:
+        """Generated ids ``(B, <= max_new_tokens)`` for batched log-mels ``(B, n_mels, frames)`` and prompts."""
+        from audiopair.models.tokenizer import model_prompts
+
+        tok_ids, mask = model_prompts(self.tok, self.model, prompts)
         d = self.decoding
-        self.seed(ids[0])
-        out = self.model.generate(mels1, mels2, tok_ids.to(self.device), mask.to(self.device),
-                                  max_new_tokens=d.max_new_tokens, **hf_kwargs(d))
-        return [t.strip() for t in self.tok.batch_decode(out, skip_special_tokens=True)]
+        self.seed(seed_id)
+        return self.model.generate(audio1, audio2, tok_ids.to(self.device), mask.to(self.device),
+                                   max_new_tokens=d.max_new_tokens, stop_id=self.stop_id, **hf_kwargs(d))
+
+    @property
+    def stop_id(self) -> int | None:
+        """The reference loop's stop token: the first id of ``decoding.stop_token`` (220, a lone space, for
+        " <|endoftext|>" in GPT-2: the wrapper's own rule); None for the other strategies."""
+        if self.decoding.strategy != "reference":
+            return None
+        return self.tok(self.decoding.stop_token, add_special_tokens=False)["input_ids"][0]
+
+    def decode(self, ids: torch.Tensor) -> str:
+        """One row of ``raw``'s ids as text. The reference loop's text is the wrapper's: every id up to and
+        including the stop token, special tokens kept; the others drop special tokens and surrounding space."""
+        if self.stop_id is None:
+            return self.tok.decode(ids, skip_special_tokens=True).strip()
+        ids = ids.tolist()
+        return self.tok.decode(ids[: ids.index(self.stop_id) + 1] if self.stop_id in ids else ids)
 
     def __call__(self, batch: dict) -> dict:
         n = len(batch["id"])
@@ -122,6 +144,40 @@ class Generator:
             for i, t in zip(good, texts):
                 preds[i] = t
         return {**batch, "prediction": list(preds), "error": errors}
+
+
+class FileGenerator(Generator):
+    """``Generator`` over audio files (columns ``id``, ``audio1``, ``audio2``, ``eval_prompt``): each file becomes
+    the log-mels of the model's own front end (``model.front_end``, recorded at training or import; ``front_end``
+    for models saved without one), fitted as ADIFF's loader does: mono, resampled, repeat-padded to ``seconds``,
+    cropped from the start (the reference crops at random) at inference."""
+
+    columns = ("id", "audio1", "audio2", "eval_prompt")
+    skip_errors = Generator.skip_errors + (AudioError, OSError)
+
+    def __init__(self, checkpoint: str | Path, front_end: dict | None = None, decoding: DecodingConfig | dict | None = None,
+                 device: str | None = None, seconds: float | None = None):
+        from audiopair.config import FeatureConfig
+
+        self.load_model(checkpoint, decoding, device)
+        fe = dict(self.model.front_end or front_end or {})
+        if not fe:
+            raise ValueError(f"{checkpoint} records no front end (saved before front ends were recorded): pass "
+                             "front_end, e.g. audiopair.data.features.front_end(dataset.features, sample_rate)")
+        self.sample_rate = int(fe.pop("sample_rate"))
+        self.features = FeatureConfig.model_validate(fe)
+        frames = self.model.encoder.frames
+        self.seconds = seconds or (frames - 1) * self.features.hop_length / self.sample_rate if frames else seconds
+
+    def mel(self, path: str) -> torch.Tensor:
+        from audiopair.audio import load_audio
+        from audiopair.data.features import logmel
+
+        x = load_audio(path, self.sample_rate, self.seconds, pad="repeat")
+        return torch.from_numpy(logmel(x, self.sample_rate, self.features))
+
+    def mels(self, batch: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mel(str(batch["audio1"][i])), self.mel(str(batch["audio2"][i]))
 
 
 class QwenGenerator(Generator):

@@ -1,10 +1,18 @@
 """ADIFF (paper section 3, App. G and J): explain the difference between two audios with a prefix-prompted GPT-2.
 
-    audio1, audio2 --HTSAT--> e1, e2 (d_audio)             (or embeddings cached by the dataset builder)
-    e_i --audio mapper--> (prefix_len, d_lm)                ClipCap TransformerMapper, one per audio
-    prompt --wte--> --text mapper--> (prompt_len, d_lm)     same, without the first linear
-    [p1, sep, p2, text] --cross-projection--> (121, d_lm)   transformer with a learnable constant (App. J)
+    audio1, audio2 --HTSAT--> e1, e2 (d_audio)                  (or embeddings cached by the dataset builder)
+    e_i --audio projection--> --L2 normalise--> (d_proj)         one projection shared by both audios
+    e_i --audio mapper--> (prefix_len, d_lm)                     ClipCap TransformerMapper, one per audio
+    prompt + suffix, padded --wte--> --text mapper--> (prompt_len, d_lm)
+    [p1, sep, p2, text] --cross-projection--> (121, d_lm)        a transformer over the whole prefix (App. J)
     GPT-2(inputs_embeds=[prefix, answer]) -> next-token loss on the answer only
+
+The defaults build the released network module by module (soham97/ADIFF ``model/adiff.py``, ``model/decoder.py``;
+``audiopair.models.reference`` imports its checkpoints): 4 layers per mapper with 8 heads, a 4-layer, 4-head
+cross-projection, bias-free query/key/value projections, ReLU MLPs of ratio 2, no dropout, a text mapper that reads
+the padded prompt with no mask and no position vector. audiopair's own options (``AdiffModelConfig``:
+``attention_bias``, ``activation``, ``text_position``, ``prompt_mask``, ``cross_constant``, ``d_proj=None``) change
+only what they name.
 
 Variants: ``baseline`` drops the separator and the cross-projection (prefix [p1, p2, text], 120 tokens, section 5.1);
 ``language_only`` is ``adiff`` with a randomly initialised, frozen encoder (section 5.1, Exp. A).
@@ -25,97 +33,149 @@ from transformers import ClapAudioConfig, ClapAudioModel, GPT2Config, GPT2LMHead
 from transformers.utils import ModelOutput
 
 from audiopair.config import AdiffModelConfig, EncoderConfig
-from audiopair.models.encoder import AudioEncoder
+from audiopair.models.encoder import AudioEncoder, head_config
 
 WEIGHTS = "model.safetensors"
 META = "adiff.json"
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 # ---------------------------------------------------------------------------------------------- mapper blocks
-class Block(nn.Module):
-    """Pre-norm transformer block, bidirectional: every prefix token may look at every other."""
+class Attention(nn.Module):
+    """Bidirectional multi-head self-attention in ClipCap's form (the reference's ``MultiHeadAttention``): queries and
+    stacked keys / values from two linears (keys first), scores by einsum, softmax over the keys.
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+    ``key_mask`` ``(B, S)``, True = may be attended to. Shapes: ``(B, S, dim)`` -> ``(B, S, dim)``."""
+
+    def __init__(self, dim: int, heads: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.scale, self.dropout = heads, (dim // heads) ** -0.5, dropout
+        self.to_queries = nn.Linear(dim, dim, bias=bias)
+        self.to_keys_values = nn.Linear(dim, 2 * dim, bias=bias)
+        self.project = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, s, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S): True = may attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        x = x + F.dropout(self.proj(y.transpose(1, 2).reshape(b, s, d)), self.dropout, self.training)
-        return x + self.mlp(self.ln2(x))
+        queries = self.to_queries(x).reshape(b, s, self.heads, d // self.heads)
+        keys, values = self.to_keys_values(x).reshape(b, s, 2, self.heads, d // self.heads).unbind(2)
+        # einsum in the reference's order: SDPA's fused kernel rounds differently (1e-5 on the fixture's prefix)
+        scores = torch.einsum("bnhd,bmhd->bnmh", queries, keys) * self.scale
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask.bool()[:, None, :, None], float("-inf"))
+        weights = F.dropout(scores.softmax(dim=2), self.dropout, self.training)
+        return self.project(torch.einsum("bnmh,bmhd->bnhd", weights, values).reshape(b, s, d))
 
 
-class PrefixTransformer(nn.Module):
-    """ClipCap's mapper core: append a learnable constant of ``n_out`` tokens to the inputs, run the transformer,
-    keep the outputs at the constant's positions. The constant also gives the outputs their positions."""
-
-    def __init__(self, n_out: int, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float):
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, activation: str = "relu", dropout: float = 0.0):
         super().__init__()
-        self.const = nn.Parameter(torch.randn(n_out, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.activation, self.dropout = ACTIVATIONS[activation], dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(self.activation(self.fc1(x)), self.dropout, self.training)
+        return F.dropout(self.fc2(x), self.dropout, self.training)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, activation: str = "relu", bias: bool = False,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, bias, dropout)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), activation, dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n_in, _ = x.shape
-        x = torch.cat([x, self.const.expand(b, -1, -1)], dim=1)
-        if key_mask is not None:  # the constant's tokens are always visible
-            key_mask = torch.cat([key_mask.bool(), key_mask.new_ones(b, self.const.shape[0], dtype=torch.bool)], 1)
-        for block in self.blocks:
-            x = block(x, key_mask)
-        return x[:, n_in:]
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, dim: int, heads: int, layers: int, **layer_options):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, **layer_options) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return x
+
+
+class AudioProjection(nn.Module):
+    """The reference's ``Projection`` (d_audio -> d_proj): ``LayerNorm(e + dropout(linear2(gelu(e))))`` with
+    ``e = linear1(x)``; both linears bias-free, Xavier-initialised as the reference does."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.5):
+        super().__init__()
+        self.linear1 = nn.Linear(d_in, d_out, bias=False)
+        self.linear2 = nn.Linear(d_out, d_out, bias=False)
+        self.layer_norm = nn.LayerNorm(d_out)
+        self.dropout = dropout
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.linear1(x)
+        return self.layer_norm(e + F.dropout(self.linear2(F.gelu(e)), self.dropout, self.training))
 
 
 class AudioMapper(nn.Module):
-    """One audio embedding -> ``prefix_len`` LM tokens: expand with a linear, split into tokens, PrefixTransformer."""
+    """One audio embedding ``(B, d_in)`` -> ``(B, prefix_len, dim)`` (ClipCap's ``TransformerMapper``): a linear
+    expands it into ``prefix_len`` tokens, a learnable constant of ``prefix_len`` tokens is appended, and the
+    transformer's outputs at the constant's positions are kept."""
 
-    def __init__(self, d_audio: int, prefix_len: int, dim: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float):
+    def __init__(self, d_in: int, prefix_len: int, dim: int, layers: int, heads: int, **layer_options):
         super().__init__()
-        self.prefix_len, self.dim = prefix_len, dim
-        self.linear = nn.Linear(d_audio, prefix_len * dim)
-        self.transformer = PrefixTransformer(prefix_len, dim, layers, heads, mlp_ratio, dropout)
+        self.prefix_len = prefix_len
+        self.linear = nn.Linear(d_in, prefix_len * dim)
+        self.prefix_const = nn.Parameter(torch.randn(prefix_len, dim))
+        self.transformer = Transformer(dim, heads, layers, **layer_options)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
-        return self.transformer(self.linear(e).view(-1, self.prefix_len, self.dim))
+        x = self.linear(e).view(e.shape[0], self.prefix_len, -1)
+        x = torch.cat([x, self.prefix_const.expand(x.shape[0], -1, -1)], dim=1)
+        return self.transformer(x)[:, self.prefix_len:]
 
 
 class TextMapper(nn.Module):
-    """Prompt token embeddings -> ``prompt_len`` prefix tokens. The mapper's attention is order-blind, so (unlike
-    the audio mapper, whose linear gives each slot its own meaning) the prompt tokens get a learned position."""
+    """Prompt token embeddings ``(B, prompt_len, dim)`` -> ``(B, prompt_len, dim)`` (the reference's
+    ``TransformerMapperSeq``): the constant is appended and the outputs at its positions kept, as in ``AudioMapper``.
 
-    def __init__(self, prompt_len: int, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float):
+    Options (audiopair's, off in the reference): ``position`` adds a learned vector per prompt position (the
+    attention is order-blind otherwise); ``key_mask`` hides prompt padding."""
+
+    def __init__(self, prompt_len: int, dim: int, layers: int, heads: int, position: bool = False, **layer_options):
         super().__init__()
-        self.pos = nn.Parameter(torch.zeros(prompt_len, dim))
-        self.transformer = PrefixTransformer(prompt_len, dim, layers, heads, mlp_ratio, dropout)
+        self.prompt_len = prompt_len
+        self.prefix_const = nn.Parameter(torch.randn(prompt_len, dim))
+        self.position = nn.Parameter(torch.zeros(prompt_len, dim)) if position else None
+        self.transformer = Transformer(dim, heads, layers, **layer_options)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.transformer(tokens + self.pos, mask)
+    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.position is not None:
+            tokens = tokens + self.position
+        b = tokens.shape[0]
+        x = torch.cat([tokens, self.prefix_const.expand(b, -1, -1)], dim=1)
+        if key_mask is not None:  # the constant's tokens are always visible
+            key_mask = torch.cat([key_mask.bool(), key_mask.new_ones(b, self.prompt_len, dtype=torch.bool)], 1)
+        return self.transformer(x, key_mask)[:, self.prompt_len:]
 
 
-class CrossProjection(nn.Module):
-    """App. J: a transformer over the whole prefix [p1, sep, p2, text] with a learnable constant, same length out.
+class CrossProjection(Transformer):
+    """App. J: a transformer over the whole prefix [p1, sep, p2, text], same length out (the reference's
+    ``cross_project``). Option ``constant`` (audiopair's): a learned per-position vector added first; with the
+    residual path it gives each position an identity start and trained faster on the demo."""
 
-    The constant is added (one vector per position) rather than appended as in the mappers: the in and out lengths
-    are equal, and the residual path keeps each output token on its input token, which is what App. J observes
-    (after cross-projection the audio-1 tokens still describe audio 1, the text tokens gather the differences).
-    It also trains much faster than the appended form (an identity start instead of a re-routing of everything)."""
+    def __init__(self, n: int, dim: int, heads: int, layers: int, constant: bool = False, **layer_options):
+        super().__init__(dim, heads, layers, **layer_options)
+        self.const = nn.Parameter(torch.zeros(n, dim)) if constant else None
 
-    def __init__(self, n: int, dim: int, layers: int, heads: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.const = nn.Parameter(torch.zeros(n, dim))
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.const
-        for block in self.blocks:
-            x = block(x)
-        return x
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x if self.const is None else x + self.const, key_mask)
 
 
 @dataclass
@@ -139,9 +199,11 @@ class AdiffModel(nn.Module):
     from a checkpoint's saved configs instead of loading pretrained weights (``load_checkpoint``)."""
 
     def __init__(self, cfg: AdiffModelConfig, vocab_size: int, separator_id: int, eos_id: int,
-                 lm_config: dict | None = None, encoder_config: dict | None = None):
+                 lm_config: dict | None = None, encoder_config: dict | None = None, pad_id: int | None = None):
         super().__init__()
         self.cfg, self.vocab_size, self.separator_id, self.eos_id = cfg, vocab_size, separator_id, eos_id
+        self.pad_id = eos_id if pad_id is None else pad_id  # fills the prompt to prompt_len (model.prompt_pad)
+        self.front_end: dict | None = None  # the log-mel settings the model was trained / imported with
         enc_cfg = encoder_config_of(cfg)
         self.encoder_trainable = not enc_cfg.freeze
         # Cached embeddings come from the pretrained encoder, so language_only refuses them unless the caller says
@@ -154,7 +216,8 @@ class AdiffModel(nn.Module):
             head = encoder_config.get("event_head", {})
             backbone = ClapAudioModel(ClapAudioConfig.from_dict(encoder_config["backbone"]))
             self.encoder = AudioEncoder(backbone, head.get("num_classes", enc_cfg.num_classes),
-                                        head.get("clip_pool", enc_cfg.clip_pool), enc_cfg.frames)
+                                        head.get("clip_pool", enc_cfg.clip_pool), encoder_config.get("frames",
+                                        enc_cfg.frames), head.get("kind", "linear"))
         else:
             self.encoder = AudioEncoder.from_config(enc_cfg)
 
@@ -175,15 +238,20 @@ class AdiffModel(nn.Module):
 
         # --- projections (registered before the LM so modules list in data-flow order)
         d = lm.config.n_embd
-        if d % cfg.mapper_heads:
-            raise ValueError(f"LM width {d} is not divisible by model.mapper_heads={cfg.mapper_heads}")
-        arch = dict(heads=cfg.mapper_heads, mlp_ratio=cfg.mapper_mlp_ratio, dropout=cfg.dropout)
-        self.audio_mapper1 = AudioMapper(self.encoder.dim, cfg.prefix_len, d, cfg.mapper_layers, **arch)
-        self.audio_mapper2 = None if cfg.shared_mapper else \
-            AudioMapper(self.encoder.dim, cfg.prefix_len, d, cfg.mapper_layers, **arch)
-        self.text_mapper = TextMapper(cfg.prompt_len, d, cfg.mapper_layers, **arch)
+        for key, heads in (("mapper_heads", cfg.mapper_heads), ("cross_heads", cfg.cross_heads)):
+            if d % heads:
+                raise ValueError(f"LM width {d} is not divisible by model.{key}={heads}")
+        self.audio_projection = AudioProjection(self.encoder.dim, cfg.d_proj, cfg.projection_dropout) \
+            if cfg.d_proj else None
+        d_audio = cfg.d_proj or self.encoder.dim
+        layer = dict(mlp_ratio=cfg.mapper_mlp_ratio, activation=cfg.activation, bias=cfg.attention_bias,
+                     dropout=cfg.dropout)
+        mapper = dict(layers=cfg.mapper_layers, heads=cfg.mapper_heads, **layer)
+        self.audio_mapper1 = AudioMapper(d_audio, cfg.prefix_len, d, **mapper)
+        self.audio_mapper2 = None if cfg.shared_mapper else AudioMapper(d_audio, cfg.prefix_len, d, **mapper)
+        self.text_mapper = TextMapper(cfg.prompt_len, d, position=cfg.text_position, **mapper)
         self.cross_projection = None if cfg.variant == "baseline" else \
-            CrossProjection(self.prefix_tokens, d, cfg.cross_layers, **arch)
+            CrossProjection(self.prefix_tokens, d, cfg.cross_heads, cfg.cross_layers, cfg.cross_constant, **layer)
         self.lm = lm
         set_stage(self, 2)  # a fresh model starts where training starts: grounding
 
@@ -233,19 +301,32 @@ class AdiffModel(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             return self.encoder(audio).embedding
 
+    def project_audio(self, e: torch.Tensor) -> torch.Tensor:
+        """``(B, d_audio)`` -> ``(B, d_proj)``: the audio projection, then L2 normalisation (``normalize_prefix``;
+        the reference divides by the norm with no epsilon)."""
+        if self.audio_projection is not None:
+            e = self.audio_projection(e)
+        return e / e.norm(2, -1, keepdim=True) if self.cfg.normalize_prefix else e
+
     def prefix(self, audio1: torch.Tensor, audio2: torch.Tensor, prompt_ids: torch.Tensor,
-               prompt_mask: torch.Tensor) -> torch.Tensor:
-        """The LM prefix ``(B, prefix_tokens, d_lm)``."""
+               prompt_mask: torch.Tensor, cross: bool = True) -> torch.Tensor:
+        """The LM prefix ``(B, prefix_tokens, d_lm)``; ``cross=False`` stops before the cross-projection.
+
+        ``prompt_ids`` / ``prompt_mask`` ``(B, <= prompt_len)`` as ``encode_prompts`` makes them; they are padded
+        with ``pad_id`` to ``prompt_len``. The mask is used only with ``model.prompt_mask``."""
         dtype = self.audio_mapper1.linear.weight.dtype
-        e1, e2 = self.embed_audio(audio1).to(dtype), self.embed_audio(audio2).to(dtype)
+        e1 = self.project_audio(self.embed_audio(audio1).to(dtype))
+        e2 = self.project_audio(self.embed_audio(audio2).to(dtype))
         p1 = self.audio_mapper1(e1)
         p2 = (self.audio_mapper1 if self.audio_mapper2 is None else self.audio_mapper2)(e2)
-        ids, mask = _fit(prompt_ids, self.cfg.prompt_len, self.eos_id), _fit(prompt_mask, self.cfg.prompt_len, 0)
+        ids = _fit(prompt_ids, self.cfg.prompt_len, self.pad_id)
+        mask = _fit(prompt_mask, self.cfg.prompt_len, 0) if self.cfg.prompt_mask else None
         text = self.text_mapper(self.lm.get_input_embeddings()(ids), mask)
         if self.cross_projection is None:
             return torch.cat([p1, p2, text], dim=1)
         sep = self.separator.to(p1.dtype).expand(p1.shape[0], 1, -1)
-        return self.cross_projection(torch.cat([p1, sep, p2, text], dim=1))
+        parts = torch.cat([p1, sep, p2, text], dim=1)
+        return self.cross_projection(parts) if cross else parts
 
     def forward(self, audio1: torch.Tensor, audio2: torch.Tensor, prompt_ids: torch.Tensor,
                 prompt_mask: torch.Tensor, answer_ids: torch.Tensor | None = None,
@@ -270,17 +351,37 @@ class AdiffModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, audio1: torch.Tensor, audio2: torch.Tensor, prompt_ids: torch.Tensor,
-                 prompt_mask: torch.Tensor, max_new_tokens: int = 64, **decoding) -> torch.Tensor:
+                 prompt_mask: torch.Tensor, max_new_tokens: int = 64, stop_id: int | None = None,
+                 **decoding) -> torch.Tensor:
         """New token ids ``(B * num_return_sequences, <= max_new_tokens)``, eos-padded. ``decoding`` goes to HF
         ``generate`` (KV cache): greedy by default; ``num_beams``; ``do_sample`` with ``top_k`` / ``top_p`` /
-        ``temperature`` (the paper decodes with top-k / top-p). Call ``model.eval()`` first."""
+        ``temperature`` (the paper decodes with top-k / top-p). Call ``model.eval()`` first.
+
+        ``stop_id`` given: ADIFF's reference loop instead (wrapper.py ``_generate_greedy``): every step recomputes
+        GPT-2 over the whole sequence (no KV cache, as the reference), takes the argmax (its top-p 0.8 mask never
+        removes the argmax) and stops after emitting ``stop_id``, which is kept; later positions hold eos."""
         prefix = self.prefix(audio1, audio2, prompt_ids, prompt_mask)
         self._check_length(prefix.shape[1] + max_new_tokens, "max_new_tokens")
+        if stop_id is not None:
+            return self._reference_greedy(prefix, max_new_tokens, stop_id)
         attn = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         decoding.setdefault("do_sample", False)
         return self.lm.generate(inputs_embeds=prefix, attention_mask=attn, max_new_tokens=max_new_tokens,
                                 eos_token_id=self.eos_id, pad_token_id=self.eos_id, **decoding)
 
+
+    def _reference_greedy(self, prefix: torch.Tensor, max_new_tokens: int, stop_id: int) -> torch.Tensor:
+        wte = self.lm.get_input_embeddings()
+        sequence, tokens = prefix, []
+        done = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+        for _ in range(max_new_tokens):
+            token = self.lm(inputs_embeds=sequence, use_cache=False).logits[:, -1].argmax(-1)
+            tokens.append(token.masked_fill(done, self.eos_id))
+            done |= token == stop_id
+            if done.all():
+                break
+            sequence = torch.cat([sequence, wte(token)[:, None]], dim=1)
+        return torch.stack(tokens, dim=1)
 
     def _check_length(self, n: int, what: str) -> None:
         limit = self.lm.config.n_positions
@@ -305,11 +406,18 @@ def _fit(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- building, stages
 def build_model(cfg: AdiffModelConfig, tokenizer) -> AdiffModel:
     """The model for ``cfg`` with ``tokenizer``'s vocabulary; the separator token must be a single token."""
-    sep = tokenizer(cfg.separator_token, add_special_tokens=False)["input_ids"]
-    if len(sep) != 1:
-        raise ValueError(f"model.separator_token {cfg.separator_token!r} is {len(sep)} tokens in this tokenizer; "
-                         "use a single token (e.g. '<|endoftext|>')")
-    return AdiffModel(cfg, len(tokenizer), sep[0], tokenizer.eos_token_id)
+    return AdiffModel(cfg, len(tokenizer), single_token(tokenizer, cfg.separator_token, "model.separator_token"),
+                      tokenizer.eos_token_id, pad_id=single_token(tokenizer, cfg.prompt_pad, "model.prompt_pad"))
+
+
+def single_token(tokenizer, text: str, key: str) -> int:
+    """The id of ``text``, which must be one token in ``tokenizer`` (special tokens parsed); ValueError naming
+    ``key`` otherwise."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{key} {text!r} is {len(ids)} tokens in this tokenizer; use a single token "
+                         "(e.g. '<|endoftext|>')")
+    return ids[0]
 
 
 STAGES = {"unimodal": 1, "grounding": 2, "finetune": 3}
@@ -319,7 +427,7 @@ def set_stage(model: AdiffModel, stage: int | str) -> AdiffModel:
     """Which parameters train (ADIFF section 3.3):
 
     1 ``unimodal``: only the encoder's event head (and its backbone when ``encoder.freeze`` is false).
-    2 ``grounding``: mappers and cross-projection; encoder and LM frozen.
+    2 ``grounding``: audio projection, mappers and cross-projection; encoder and LM frozen.
     3 ``finetune``: as 2 plus the LM; the encoder only when ``encoder.freeze`` is false (never for language_only).
     The separator is a row of the LM's embedding, so it trains in stage 3 only, with the LM.
     """
@@ -331,7 +439,8 @@ def set_stage(model: AdiffModel, stage: int | str) -> AdiffModel:
         model.encoder.event_head.requires_grad_(True)
         model.encoder.backbone.requires_grad_(model.encoder_trainable)
     else:
-        for part in (model.audio_mapper1, model.audio_mapper2, model.text_mapper, model.cross_projection):
+        for part in (model.audio_projection, model.audio_mapper1, model.audio_mapper2, model.text_mapper,
+                     model.cross_projection):
             if part is not None:
                 part.requires_grad_(True)
         if stage == 3:
@@ -353,15 +462,14 @@ def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None
     tmp = folder / f".{WEIGHTS}.tmp"
     save_file(_unshared_state(model), str(tmp))
     os.replace(tmp, folder / WEIGHTS)
-    head = model.encoder.event_head
     atomic_write_json(folder / META, {
         "config": model.cfg.model_dump(mode="json"),
         "vocab_size": model.vocab_size, "separator_id": model.separator_id, "eos_id": model.eos_id,
-        "stage": getattr(model, "stage", 2),
-        "event_labels": model.event_labels,
+        "pad_id": model.pad_id, "stage": getattr(model, "stage", 2),
+        "event_labels": model.event_labels, "front_end": model.front_end,
         "lm_config": model.lm.config.to_dict(),
-        "encoder_config": {"backbone": model.encoder.backbone.config.to_dict(),
-                           "event_head": {"num_classes": head.num_classes, "clip_pool": head.pool}},
+        "encoder_config": {"backbone": model.encoder.backbone.config.to_dict(), "frames": model.encoder.frames,
+                           "event_head": head_config(model.encoder.event_head)},
     })
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder / "tokenizer"))
@@ -394,7 +502,8 @@ def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = No
     meta = json.loads((folder / META).read_text())
     cfg = cfg or AdiffModelConfig.model_validate(meta["config"])
     model = AdiffModel(cfg, meta["vocab_size"], meta["separator_id"], meta["eos_id"],
-                       lm_config=meta["lm_config"], encoder_config=meta["encoder_config"])
+                       lm_config=meta["lm_config"], encoder_config=meta["encoder_config"],
+                       pad_id=meta.get("pad_id", meta["eos_id"]))
     state = load_file(str(folder / WEIGHTS), device=str(device))
     missing, unexpected = model.load_state_dict(state, strict=False)
     untied = set(missing) - _tied_names(model)
@@ -403,4 +512,5 @@ def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = No
                          f"unexpected {sorted(unexpected)[:5]}")
     set_stage(model, meta.get("stage", 2))
     model.event_labels = meta.get("event_labels")
+    model.front_end = meta.get("front_end")
     return model.to(device)

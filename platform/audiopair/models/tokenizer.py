@@ -52,12 +52,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.Path
     return fast
 
 
-def encode_prompts(tokenizer, prompts: list[str], prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` of shape ``(B, prompt_len)``: truncated, right-padded with eos, mask 0 on padding."""
-    ids = torch.full((len(prompts), prompt_len), tokenizer.eos_token_id, dtype=torch.long)
+def encode_prompts(tokenizer, prompts: list[str], prompt_len: int, suffix: str = "",
+                   pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` of shape ``(B, prompt_len)``: each prompt followed by ``suffix`` (its special tokens parsed),
+    truncated, right-padded with ``pad_id`` (default eos), mask 0 on padding.
+
+    ADIFF's reference (wrapper.py ``preprocess_text``) uses suffix " <|endoftext|>" (ids 220, 50256 in GPT-2) and
+    pads with "!" (id 0) to 40 tokens; ``AdiffModel`` takes both from its config (``model_prompts``)."""
+    pad = tokenizer.eos_token_id if pad_id is None else pad_id
+    tail = tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+    ids = torch.full((len(prompts), prompt_len), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), prompt_len), dtype=torch.long)
     for i, text in enumerate(prompts):
-        t = tokenizer(text, add_special_tokens=False)["input_ids"][:prompt_len]
+        t = (tokenizer(text, add_special_tokens=False)["input_ids"] + tail)[:prompt_len]
         ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         mask[i, : len(t)] = 1
     return ids, mask
@@ -79,3 +86,8 @@ def encode_answers(tokenizer, answers: list[str], max_len: int | None = None) ->
         ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         mask[i, : len(t)] = 1
     return ids, mask
+
+
+def model_prompts(tokenizer, model, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode_prompts`` with ``model``'s (an ``AdiffModel``) prompt length, suffix and pad token."""
+    return encode_prompts(tokenizer, prompts, model.cfg.prompt_len, model.cfg.prompt_suffix, model.pad_id)

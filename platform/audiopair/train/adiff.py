@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from audiopair.config import Config
-from audiopair.data.features import FeatureStore
+from audiopair.data.features import FeatureStore, check_front_end, front_end
 from audiopair.data.manifest import mix_tasks
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
-from audiopair.models.tokenizer import encode_answers, encode_prompts, load_tokenizer
+from audiopair.models.tokenizer import encode_answers, load_tokenizer, model_prompts
 from audiopair.train.engine import Recipe, local_dir
 from audiopair.train.pretrain import LABELS
 
@@ -39,6 +39,7 @@ class AudioBank:
     matched by weight fingerprint) or, when there is none, are computed here once."""
 
     def __init__(self, dataset_dir: str | Path, clip_ids: set[str], model, batch: int = 32, cache: bool = True):
+        from audiopair.data.features import front_end_of
         from audiopair.train.embeddings import cached, embed, fingerprint
 
         store = FeatureStore(dataset_dir)
@@ -48,7 +49,7 @@ class AudioBank:
         encoder_frozen = not any(p.requires_grad for p in model.encoder.backbone.parameters())
         if encoder_frozen and cache:
             model.encoder.eval()
-            saved = cached(dataset_dir, fingerprint(model.encoder))
+            saved = cached(dataset_dir, fingerprint(model.encoder, front_end_of(dataset_dir)))
             if saved is not None and all(c in saved for c in self.mels):
                 self.embeddings = {c: torch.from_numpy(saved[c]) for c in self.mels}
                 self.from_cache = True
@@ -94,6 +95,9 @@ def make_recipe(config: dict) -> Recipe:
         model = load_checkpoint(init, cfg.model) if init else build_model(cfg.model, tok)
         if event_labels and cfg.model.variant != "language_only":  # its random encoder's head means nothing
             model.event_labels = event_labels
+        data_front_end = front_end(cfg.dataset.features, cfg.dataset.sample_rate)
+        check_front_end(model.front_end, data_front_end, f"{init} on dataset {cfg.dataset.output_dir}")
+        model.front_end = data_front_end
         set_stage(model, stage)
         state["model"] = model
         return model
@@ -109,7 +113,7 @@ def make_recipe(config: dict) -> Recipe:
 
     def collate(batch: list[dict]) -> dict:
         bank = state["bank"]
-        p_ids, p_mask = encode_prompts(tok, [e["prompt"] for e in batch], cfg.model.prompt_len)
+        p_ids, p_mask = model_prompts(tok, state["model"], [e["prompt"] for e in batch])
         a_ids, a_mask = encode_answers(tok, [e["target"] for e in batch], cfg.train.max_answer_tokens)
         return {"audio1": torch.stack([bank(e["clips"][0]) for e in batch]),
                 "audio2": torch.stack([bank(e["clips"][1]) for e in batch]),
@@ -127,6 +131,18 @@ def make_recipe(config: dict) -> Recipe:
 
 
 # ---------------------------------------------------------------------------------------------- the whole schedule
+def saved_config(folder: str | Path):
+    """The ``AdiffModelConfig`` an ADIFF model folder was saved with; ValueError naming the folder otherwise."""
+    from audiopair.config import AdiffModelConfig
+    from audiopair.models.adiff import META
+
+    meta = Path(folder) / META
+    if not meta.is_file() or not (Path(folder) / "tokenizer").is_dir():
+        raise ValueError(f"train.init_from={folder} is not an ADIFF model folder (needs {META} and tokenizer/; "
+                         "jobs/import_adiff.py writes one from a released checkpoint)")
+    return AdiffModelConfig.model_validate(json.loads(meta.read_text())["config"])
+
+
 def unimodal_stages(u) -> tuple:
     """Stage 1's two trainings (``train.unimodal``) as ``(encoder, LM)`` stage configs."""
     from audiopair.config import StageConfig
@@ -214,6 +230,12 @@ def train_adiff(cfg: Config, say=print) -> dict:
             return [f.result() for f in [pool.submit(job) for job in jobs]]
 
     pretrained, tokenizer = None, cfg.model.lm_pretrained
+    if tc.init_from:  # an ADIFF folder (trained here or imported): its architecture, weights and tokenizer
+        if tc.unimodal.enabled:
+            raise ValueError("train.init_from starts from a trained model: set train.unimodal.enabled false")
+        saved = saved_config(tc.init_from)
+        app["model"], tokenizer = saved.model_dump(mode="json"), str(Path(tc.init_from) / "tokenizer")
+        cfg = cfg.model_copy(update={"model": saved})
     if tc.unimodal.enabled:
         enc_stage, lm_stage = unimodal_stages(tc.unimodal)
         enc, lm = at_once([
@@ -229,8 +251,9 @@ def train_adiff(cfg: Config, say=print) -> dict:
     def variant_stages(variant: str):
         vapp = {**app, "model": {**app["model"], "variant": variant}}
         with tracking.run(variant, parent=job_run, tags={"variant": variant}) as vrun:
-            ensure_embeddings(cfg, variant, pretrained, tokenizer, f"{name}-{variant}", say)
-            init = None
+            if not tc.init_from:  # an init_from encoder's weights are in the folder: its stages embed the clips
+                ensure_embeddings(cfg, variant, pretrained, tokenizer, f"{name}-{variant}", say)
+            init = tc.init_from
             for s in tc.stages:
                 extra = {"app": vapp, "stage": s.name, "init": init, "tokenizer": tokenizer, "pretrained": pretrained}
                 init = stage(make_recipe, s.name, f"{name}-{variant}-{s.name}", extra, s, vrun.info.run_id)

@@ -19,16 +19,19 @@ import numpy as np
 import torch
 
 from audiopair.config import EncoderConfig
-from audiopair.data.features import FeatureStore, write_shard
+from audiopair.data.features import FeatureStore, front_end_of, write_shard
 from audiopair.data.io import atomic_write_text
 
 DONE = "done.json"
 
 
-def fingerprint(encoder) -> str:
-    """16 hex digits over the backbone's weights (names, shapes, values) and the time fit: what the pooled embedding
-    depends on. The event head is left out: a hub HTSAT gets a freshly initialised one each time it loads."""
+def fingerprint(encoder, front_end: dict | None = None) -> str:
+    """16 hex digits over the backbone's weights (names, shapes, values), the time fit and the dataset's log-mel
+    settings (``audiopair.data.features.front_end_of``): what the pooled embedding depends on. The event head is
+    left out: a hub HTSAT gets a freshly initialised one each time it loads."""
     h = hashlib.sha1(f"frames={encoder.frames}".encode())
+    if front_end:
+        h.update(json.dumps(front_end, sort_keys=True).encode())
     for name, t in sorted(encoder.backbone.state_dict().items()):
         h.update(f"{name}{tuple(t.shape)}".encode())
         h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
@@ -87,7 +90,7 @@ def _cache(dataset_dir, enc_cfg: EncoderConfig, num_actors: int, num_gpus: float
     from audiopair.models.encoder import AudioEncoder
 
     encoder = AudioEncoder.from_config(enc_cfg).eval()
-    key = fingerprint(encoder)
+    key = fingerprint(encoder, front_end_of(dataset_dir))
     folder = Path(dataset_dir) / "features" / cache_kind(key)
     if (folder / DONE).is_file():
         return key
