@@ -91,10 +91,12 @@ def adiff_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str
     out = []
     audio = [path(pair.first), path(pair.second)]
     base_meta = _pair_meta(pair, items, facts)
-    if pair.answer is not None:  # a released ADIFF CSV pair: its answer is the target
+    if pair.answer is not None:  # a released ADIFF CSV pair: its answer is the target, its prompt is asked
         t = int(pair.answer["tier"])
-        return [{**_record(f"adiff/{pair.id}/t{t}", "adiff", pair.split, audio, pair.answer["answer"], [], base_meta,
-                           tier=t), "prompt": pair.answer["prompt"]}] if t in tiers else []
+        if t not in tiers:
+            return []
+        rec = _record(f"adiff/{pair.id}/t{t}", "adiff", pair.split, audio, pair.answer["answer"], [], base_meta, tier=t)
+        return [{**rec, "prompt": pair.answer["prompt"], "meta": {**rec["meta"], "eval_prompt": pair.answer["prompt"]}}]
     info = pair_info(pair, items, facts, meta)
     for t in tiers:
         rid = f"adiff/{pair.id}/t{t}"
