@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="the audiopair model folder to write")
     parser.add_argument("--reference-config", default=None, help="the reference's base.yaml the checkpoint was "
                         "trained with (default: the released values)")
+    parser.add_argument("--class-labels", default=None, help="AudioSet's class_labels_indices.csv: names for the "
+                        "event head's 527 classes (hallucination view); without it they are numbered")
     parser.add_argument("--config", default=None, help=f"audiopair YAML config (default: {DEFAULT_CONFIG.name})")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. experiment=adiff-import")
     args = parser.parse_intermixed_args(argv)
@@ -37,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from audiopair.models.reference import import_adiff
 
     try:
-        folder = import_adiff(args.checkpoint, args.out_dir, args.reference_config, say=run.say)
-    except CheckpointError as e:
+        folder = import_adiff(args.checkpoint, args.out_dir, args.reference_config, args.class_labels, say=run.say)
+    except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import mlflow

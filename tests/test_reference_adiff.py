@@ -135,14 +135,18 @@ def test_evaluate_job_on_an_adiff_csv_dataset(imported, tmp_path):
         "dataset.num_workers=1", "experiment=reference", "evaluate.limit=null", "evaluate.classify=[]",
         "evaluate.decoding={strategy: reference, max_new_tokens: 30}", "evaluate.metrics=[bleu_1]",
     ]
-    build_dataset(load_config(REPO / "jobs" / "configs" / "demo.yaml", overrides).dataset, executor="serial",
-                  progress=lambda m: None)
+    dcfg = load_config(REPO / "jobs" / "configs" / "demo.yaml", overrides).dataset
+    build_dataset(dcfg, executor="serial", progress=lambda m: None)
+    first = json.loads((Path(dcfg.output_dir) / "manifests" / "adiff_test.jsonl").read_text().splitlines()[0])["id"]
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
-    assert job.main(overrides + [f"evaluate.checkpoints={{adiff_base: {imported}}}"]) == 0
+    assert job.main(overrides + [f"evaluate.checkpoints={{adiff_base: {imported}}}", f"evaluate.draw=['{first}']"]) == 0
+    # the hallucination view at real scale: the token-semantic head's 527 classes, numbered without a label CSV
+    (figure,) = (tmp_path / "work" / "figures" / "adiff_base").glob("*.png")
+    assert figure.stat().st_size > 10_000
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("reference")
     (child,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "adiff_base/evaluate"]
@@ -267,3 +271,18 @@ def test_htsat_converter_round_trips_every_layout(tmp_path):
     enc.set_class_labels(read_class_labels(labels))
     with pytest.raises(ValueError, match="3 class labels for an event head of 527"):
         enc.set_class_labels(["a", "b", "c"])
+
+
+def test_import_names_the_event_classes_from_audioset_csv(tmp_path):
+    from audiopair.models.adiff import load_checkpoint
+    from audiopair.models.reference import import_adiff
+
+    labels = tmp_path / "class_labels_indices.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(527)))
+    folder = import_adiff(FIXTURE / "checkpoint.pth", tmp_path / "model", FIXTURE / "reference_config.yaml", labels,
+                          say=lambda m: None)
+    assert load_checkpoint(folder).event_labels[526] == "Sound 526"
+    labels.write_text("index,mid,display_name\n0,/m/0,Speech\n")
+    with pytest.raises(CheckpointError, match="1 classes, the event head has 527"):
+        import_adiff(FIXTURE / "checkpoint.pth", tmp_path / "other", FIXTURE / "reference_config.yaml", labels,
+                     say=lambda m: None)

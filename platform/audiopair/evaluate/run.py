@@ -135,16 +135,15 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflo
 
 def draw_pairs(model_dir: str | Path, cfg: Config, rows: list[dict], folder: Path) -> list[Path]:
     """The hallucination view (ADIFF §6) of each ``cfg.evaluate.draw`` example among ``rows``: the prediction, both
-    log-mels and the frozen encoder's top event probabilities over time. Needs the event head's class names in the
-    checkpoint (models trained from the demo's stage 1 have them)."""
+    log-mels and the frozen encoder's top event probabilities over time. Class names come from the checkpoint
+    (models trained from the demo's stage 1, or imported with --class-labels); without them the classes are
+    numbered."""
     from audiopair.data.features import FeatureStore
     from audiopair.evaluate.hallucination import event_probabilities, hallucination_figure
     from audiopair.models.adiff import load_checkpoint
 
     model = load_checkpoint(model_dir).eval()
-    if not model.event_labels:
-        log.warning("%s has no event class names (event_labels): hallucination views not drawn", model_dir)
-        return []
+    labels = model.event_labels or [f"class {i}" for i in range(model.encoder.event_head.num_classes)]
     by_id = {r["id"]: r for r in rows}
     missing = [i for i in cfg.evaluate.draw if i not in by_id]
     if missing:
@@ -157,7 +156,7 @@ def draw_pairs(model_dir: str | Path, cfg: Config, rows: list[dict], folder: Pat
         mels = [store[c] for c in row["clips"]]
         probs = [event_probabilities(model.encoder, m) for m in mels]
         path = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", rid) + ".png")
-        out.append(Path(hallucination_figure(row["prediction"], *mels, *probs, model.event_labels, path,
+        out.append(Path(hallucination_figure(row["prediction"], *mels, *probs, labels, path,
                                              cfg.dataset.sample_rate, cfg.dataset.features.hop_length, title=rid)))
     return out
 

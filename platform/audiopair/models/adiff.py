@@ -209,7 +209,8 @@ class AdiffModel(nn.Module):
         # Cached embeddings come from the pretrained encoder, so language_only refuses them unless the caller says
         # they were made by this model's own random encoder (the same for a given encoder.seed).
         self.accept_embeddings = cfg.variant != "language_only"
-        self.event_labels: list[str] | None = None  # the event head's class names, when known (hallucination view)
+        # the event head's class names, when known (hallucination view); model.encoder.class_labels names a CSV
+        self.event_labels: list[str] | None = None
 
         # --- encoder
         if encoder_config is not None:
@@ -220,6 +221,7 @@ class AdiffModel(nn.Module):
                                         enc_cfg.frames), head.get("kind", "linear"))
         else:
             self.encoder = AudioEncoder.from_config(enc_cfg)
+            self.event_labels = self.encoder.class_labels
 
         # --- language model
         if lm_config is not None:

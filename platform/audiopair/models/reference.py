@@ -198,12 +198,14 @@ def _clap_config(enc: EncoderConfig) -> dict:
 
 
 def import_adiff(checkpoint: str | Path, out_dir: str | Path, reference_config: str | Path | None = None,
-                 say=print) -> Path:
+                 class_labels: str | Path | None = None, say=print) -> Path:
     """Convert a released ADIFF checkpoint into an audiopair model folder at ``out_dir``; returns the folder.
 
     Loads with ``torch.load(weights_only=True)`` (``read_state``), maps every key (``plan_import``), rebuilds the
     network strictly (``build``), records the reference front end, and saves with GPT-2's tokenizer from
-    ``text_decoder``. Raises ``CheckpointError`` naming what does not fit."""
+    ``text_decoder``; ``class_labels`` (AudioSet's ``class_labels_indices.csv``) names the event head's classes.
+    Raises ``CheckpointError`` naming what does not fit."""
+    from audiopair.models.htsat import read_class_labels
     from audiopair.models.adiff import save_checkpoint, single_token
     from audiopair.models.tokenizer import load_tokenizer
 
@@ -218,6 +220,12 @@ def import_adiff(checkpoint: str | Path, out_dir: str | Path, reference_config: 
     model = build(cfg, lm_config, tensors, single_token(tok, cfg.separator_token, "model.separator_token"),
                   single_token(tok, cfg.prompt_pad, "model.prompt_pad"))
     model.front_end = front_end_of_reference(ref)
+    if class_labels:
+        labels = read_class_labels(class_labels)
+        if len(labels) != model.encoder.event_head.num_classes:
+            raise CheckpointError(f"{class_labels}: {len(labels)} classes, the event head has "
+                                  f"{model.encoder.event_head.num_classes}")
+        model.event_labels = labels
     folder = save_checkpoint(model, out_dir, tokenizer=tok)
     say(f"imported {checkpoint}: {sum(p.numel() for p in model.parameters()):,} parameters -> {folder}")
     return folder
