@@ -112,6 +112,41 @@ def test_python_api_mirrors_the_wrapper(imported):
         model.generate([["only-one.wav"]])
 
 
+TIER_EXAMPLES = [e for e in EXAMPLES if "caption" not in e["prompt"]]  # the three tier prompts
+
+
+def adiff_csv_overrides(tmp_path: Path, splits=("test",)) -> list[str]:
+    """Config overrides for a dataset of the fixture's tier examples as an ADIFF-style CSV per split, with the
+    reference's front end (32 kHz, Slaney mels to 14 kHz), evaluated as the wrapper decodes."""
+    sources = []
+    for split in splits:
+        path = tmp_path / f"{split}.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["taskname", "filepath1", "filepath2", "caption1", "caption2", "input", "answer"])
+            for e in TIER_EXAMPLES:
+                w.writerow(["audiocaps", e["audio1"], e["audio2"], "a sound", "another sound", e["prompt"],
+                            "the second sound is louder"])
+        sources.append(f"{{kind: adiff_csv, name: {split}, csv: '{path}', audio_dir: '{FIXTURE}', split: {split}}}")
+    return [
+        f"work_dir={tmp_path / 'work'}", f"dataset.output_dir={tmp_path / 'ds'}", "dataset.sample_rate=32000",
+        "dataset.clip_seconds=10", "dataset.features.n_fft=1024", "dataset.features.hop_length=320",
+        "dataset.features.f_max=14000", "dataset.features.mel_scale=slaney", "dataset.features.mel_norm=slaney",
+        "dataset.features.dtype=float32", f"dataset.sources=[{', '.join(sources)}]", "dataset.num_workers=1",
+        "experiment=reference", "evaluate.limit=null", "evaluate.classify=[]",
+        "evaluate.decoding={strategy: reference, max_new_tokens: 30}", "evaluate.metrics=[bleu_1]",
+    ]
+
+
+def run_job(name: str, argv: list[str]) -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    return job.main(argv)
+
+
 def test_evaluate_job_on_an_adiff_csv_dataset(imported, tmp_path):
     """jobs/evaluate.py scores the imported folder on a dataset built from an ADIFF-style CSV, decoding as the
     wrapper does: the predictions are the reference's texts."""
@@ -120,30 +155,13 @@ def test_evaluate_job_on_an_adiff_csv_dataset(imported, tmp_path):
     from audiopair.config import load_config
     from audiopair.data.pipeline import build_dataset
 
-    rows = [e for e in EXAMPLES if "caption" not in e["prompt"]]  # the three tier prompts
-    csv_path = tmp_path / "val.csv"
-    with csv_path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["taskname", "filepath1", "filepath2", "caption1", "caption2", "input", "answer"])
-        for e in rows:
-            w.writerow(["audiocaps", e["audio1"], e["audio2"], "a sound", "another sound", e["prompt"], "an answer"])
-    overrides = [
-        f"work_dir={tmp_path / 'work'}", f"dataset.output_dir={tmp_path / 'ds'}", "dataset.sample_rate=32000",
-        "dataset.clip_seconds=10", "dataset.features.n_fft=1024", "dataset.features.hop_length=320",
-        "dataset.features.f_max=14000", "dataset.features.mel_scale=slaney", "dataset.features.mel_norm=slaney",
-        f"dataset.sources=[{{kind: adiff_csv, name: acd, csv: '{csv_path}', audio_dir: '{FIXTURE}', split: test}}]",
-        "dataset.num_workers=1", "experiment=reference", "evaluate.limit=null", "evaluate.classify=[]",
-        "evaluate.decoding={strategy: reference, max_new_tokens: 30}", "evaluate.metrics=[bleu_1]",
-    ]
+    rows = TIER_EXAMPLES
+    overrides = adiff_csv_overrides(tmp_path)
     dcfg = load_config(REPO / "jobs" / "configs" / "demo.yaml", overrides).dataset
     build_dataset(dcfg, executor="serial", progress=lambda m: None)
     first = json.loads((Path(dcfg.output_dir) / "manifests" / "adiff_test.jsonl").read_text().splitlines()[0])["id"]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    assert job.main(overrides + [f"evaluate.checkpoints={{adiff_base: {imported}}}", f"evaluate.draw=['{first}']"]) == 0
+    assert run_job("evaluate", overrides + [f"evaluate.checkpoints={{adiff_base: {imported}}}",
+                                            f"evaluate.draw=['{first}']"]) == 0
     # the hallucination view at real scale: the token-semantic head's 527 classes, numbered without a label CSV
     (figure,) = (tmp_path / "work" / "figures" / "adiff_base").glob("*.png")
     assert figure.stat().st_size > 10_000
@@ -286,3 +304,42 @@ def test_import_names_the_event_classes_from_audioset_csv(tmp_path):
     with pytest.raises(CheckpointError, match="1 classes, the event head has 527"):
         import_adiff(FIXTURE / "checkpoint.pth", tmp_path / "other", FIXTURE / "reference_config.yaml", labels,
                      say=lambda m: None)
+
+
+def test_finetuning_starts_from_an_imported_folder(imported, tmp_path):
+    """Stage 3 from the released weights (train.init_from): the job takes the folder's architecture, tokenizer and
+    front end, trains on Ray Train + DeepSpeed, and saves a folder that still records the reference front end."""
+    import mlflow
+
+    from audiopair.models.adiff import load_checkpoint
+
+    argv = adiff_csv_overrides(tmp_path, ("train", "val", "test")) + [
+        f"train.init_from={imported}", "train.unimodal.enabled=false", "train.variants=[adiff]", "train.parallel=1",
+        "train.num_workers=1", f"train.storage_path={tmp_path / 'runs'}", "train.run_name=from-release",
+        "train.task_weights={adiff: 1.0}", "train.micro_batch=3", "train.max_answer_tokens=16",
+        "train.stages=[{name: finetune, epochs: 2, lr: 0.01, warmup_steps: 0}]",
+        "evaluate.decoding={strategy: reference, max_new_tokens: 4}"]
+    assert run_job("train_adiff", argv) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("reference")
+    (stage,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "adiff-finetune"]
+    losses = [m.value for m in client.get_metric_history(stage.info.run_id, "train_loss")]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns the new answers
+    tuned = load_checkpoint(Path(stage.data.tags["checkpoint"]) / "model")
+    start = load_checkpoint(imported)
+    assert tuned.cfg.d_proj == start.cfg.d_proj and tuned.front_end == start.front_end
+    assert not torch.equal(tuned.lm.transformer.h[0].mlp.c_fc.weight, start.lm.transformer.h[0].mlp.c_fc.weight)
+    assert torch.equal(tuned.encoder.backbone.audio_encoder.norm.weight, start.encoder.backbone.audio_encoder.norm.weight)
+
+
+def test_embedding_cache_key_follows_the_front_end():
+    from audiopair.data.features import front_end
+    from audiopair.models.encoder import AudioEncoder
+    from audiopair.train.embeddings import fingerprint
+
+    enc = AudioEncoder.from_htsat_checkpoint(FIXTURE / "checkpoint.pth")
+    slaney = front_end(FeatureConfig(), 32000)
+    htk = front_end(FeatureConfig(mel_scale="htk", mel_norm=None), 32000)
+    assert fingerprint(enc, slaney) == fingerprint(enc, dict(slaney))
+    assert len({fingerprint(enc, slaney), fingerprint(enc, htk), fingerprint(enc, {**slaney, "f_max": 8000.0}),
+                fingerprint(enc)}) == 4
