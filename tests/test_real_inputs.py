@@ -113,3 +113,76 @@ def test_adiff_events_and_label_paths_keep_leading_spaces(tmp_path):
 
     (tmp_path / "labels.csv").write_text("path,label\n a.wav,rain\n")
     assert read_label_csv(tmp_path / "labels.csv") == [(str(a), "rain")]
+
+
+# ------------------------------------------------------------------------ 3. WAV headers with placeholder sizes
+def _wav_bytes(samples: np.ndarray, sr: int, riff_size: int, data_size: int) -> bytes:
+    """A 16-bit mono WAV written by hand, with the RIFF and data sizes given (a pipe writer's placeholders)."""
+    import struct
+
+    pcm = (samples * 32767).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, sr, sr * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", data_size) + pcm)
+
+
+@pytest.mark.parametrize("data_size", [0x7FFFF000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF])
+def test_wav_with_placeholder_sizes_is_read_in_full(tmp_path, data_size):
+    from audiopair.audio import read_audio
+
+    x = (0.5 * np.sin(2 * np.pi * 440 * np.arange(1600) / 8000)).astype(np.float32)
+    path = tmp_path / "piped.wav"
+    path.write_bytes(_wav_bytes(x, 8000, data_size, data_size))
+    y, sr = read_audio(path)
+    assert sr == 8000 and y.shape == (1, 1600)
+    np.testing.assert_allclose(y[0], x, atol=2 / 32767)  # int16 quantisation
+
+
+def test_wav_cut_short_with_a_real_size_is_still_truncated(tmp_path):
+    from audiopair.audio import AudioError, read_audio
+
+    x = np.full(1600, 0.25, np.float32)
+    path = tmp_path / "cut.wav"
+    path.write_bytes(_wav_bytes(x, 8000, 36 + 4000, 4000))  # the header says 2000 frames, 1600 are there
+    with pytest.raises(AudioError, match=r"cut.wav: truncated: the data chunk is 800 bytes shorter"):
+        read_audio(path)
+
+
+# ------------------------------------------------------------------------ 4. compressed formats, estimated counts
+@pytest.fixture
+def mp3(tmp_path) -> Path:
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no MP3 support (needs libsndfile >= 1.1 with mpg123 and LAME)")
+    path = tmp_path / "s1.mp3"
+    t = np.arange(44100) / 44100
+    sf.write(str(path), (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100, format="MP3")
+    return path
+
+
+def test_mp3_whose_frame_estimate_exceeds_its_frames_is_read(mp3):
+    import struct
+
+    from audiopair.audio import read_audio
+
+    raw = bytearray(mp3.read_bytes())
+    xing = raw.find(b"Xing")  # the encoder's Xing header holds the MPEG frame count: promise one frame more
+    (count,) = struct.unpack(">I", raw[xing + 8 : xing + 12])
+    raw[xing + 8 : xing + 12] = struct.pack(">I", count + 1)
+    mp3.write_bytes(bytes(raw))
+    with sf.SoundFile(str(mp3)) as f:
+        estimate = f.frames
+    y, sr = read_audio(mp3)
+    assert sr == 44100 and y.shape[1] < estimate  # the estimate is 1152 frames too high; accepted anyway
+    assert abs(y.shape[1] - 44100) < 2000 and 0.3 < np.abs(y).max() < 0.6
+
+
+@pytest.mark.parametrize("kind", ["id3_only", "cut_to_300_bytes"])
+def test_undecodable_mp3_says_not_decodable(mp3, kind):
+    from audiopair.audio import AudioError, read_audio
+
+    bad = mp3.with_name(f"{kind}.mp3")
+    head = b"ID3\x03\x00\x00\x00\x00\x00\x0a" + bytes(10)
+    bad.write_bytes(head if kind == "id3_only" else mp3.read_bytes()[:300])
+    with pytest.raises(AudioError) as e:
+        read_audio(bad)
+    assert str(bad) in str(e.value) and "not decodable" in str(e.value) and "does not exist" not in str(e.value)

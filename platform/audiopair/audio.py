@@ -25,8 +25,19 @@ class AudioError(Exception):
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
 
-def _wav_data_shortfall(p: Path) -> int | None:
-    """Bytes a RIFF/WAVE file's data chunk promises but does not hold (libsndfile quietly reads what is there)."""
+# Writers that cannot seek back (a pipe) leave the RIFF and data sizes as placeholders: 0xFFFFFFFF, or values near
+# 2 GiB such as 0x7FFFF000. A declared size this large that the file does not hold is a placeholder, not truncation.
+PLACEHOLDER_MIN = 0x7F000000
+# libsndfile's frame count for these formats is an estimate (MP3: from the bitrate or a Xing/LAME header).
+ESTIMATED_FRAMES = ("MP3", "MPEG")
+
+
+def _wav_data_chunk(p: Path) -> tuple[int, int, int] | None:
+    """``(declared bytes, bytes present, bytes per frame)`` of a RIFF/WAVE file's data chunk; None if not a WAV.
+
+    libsndfile quietly reads whatever a cut-short WAV holds, so the caller compares the declared size with what is
+    there. ``bytes per frame`` is the fmt chunk's block align (0 when the fmt chunk comes later or is missing).
+    """
     import struct
 
     with open(p, "rb") as f:
@@ -34,20 +45,43 @@ def _wav_data_shortfall(p: Path) -> int | None:
         if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
             return None
         size = p.stat().st_size
+        align = 0
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
                 return None
             cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if cid == b"data":
-                if n == 0xFFFFFFFF:  # RF64 / streaming writers leave the size open
-                    return None
-                return max(0, f.tell() + n - size)
+                return n, max(0, size - f.tell()), align
+            if cid == b"fmt " and n >= 14:
+                body = f.read(n)
+                align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else 0
+                f.seek(n & 1, 1)
+                continue
             f.seek(n + (n & 1), 1)
 
 
+def _check_wav_sizes(p: Path, frames_read: int) -> None:
+    """Reject a WAV whose data chunk is cut short; accept placeholder sizes when every byte present decoded."""
+    wav = _wav_data_chunk(p)
+    if wav is None:
+        return
+    declared, present, align = wav
+    if declared <= present:
+        return
+    if declared < PLACEHOLDER_MIN:
+        raise AudioError(p, f"truncated: the data chunk is {declared - present} bytes shorter than its header says")
+    if align and frames_read < present // align:  # a placeholder, but the decoder stopped early: damaged data
+        raise AudioError(p, f"truncated: the data chunk holds {present // align} frames, the decoder read {frames_read}")
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read WAV / FLAC / OGG of any integer or float format: ``(channels, samples)`` float32 in [-1, 1], rate."""
+    """Read WAV / FLAC / OGG / MP3 of any integer or float format: ``(channels, samples)`` float32 in [-1, 1], rate.
+
+    Raises ``AudioError`` (naming the file) for a missing, empty, undecodable, truncated or non-finite file. A WAV
+    whose sizes are pipe placeholders (see ``PLACEHOLDER_MIN``) is read in full; an MP3's frame count is only an
+    estimate, so it is not compared with the frames decoded.
+    """
     p = Path(path)
     if not p.is_file():
         raise AudioError(p, "file does not exist")
@@ -57,17 +91,20 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         with sf.SoundFile(str(p)) as f:
             sr = f.samplerate
             frames = f.frames
+            estimated = f.format in ESTIMATED_FRAMES
             data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioError(p, f"unreadable audio ({e})") from None
+        # libsndfile says "File does not exist" for many files it cannot decode (an MP3 with only an ID3 tag);
+        # the file does exist, so say what is true.
+        detail = str(e).split(": ", 1)[-1] if "does not exist" not in str(e) else "format not recognised"
+        raise AudioError(p, f"unreadable audio: not decodable by libsndfile ({detail}); the file may be cut "
+                            f"short or not audio") from None
     if data.shape[0] == 0:
         raise AudioError(p, "no audio samples")
     # A header that promises more frames than the file holds means the file was cut short.
-    if frames > 0 and data.shape[0] < frames:
+    if frames > 0 and data.shape[0] < frames and not estimated:
         raise AudioError(p, f"truncated: header says {frames} frames, file holds {data.shape[0]}")
-    missing = _wav_data_shortfall(p)
-    if missing:
-        raise AudioError(p, f"truncated: the data chunk is {missing} bytes shorter than its header says")
+    _check_wav_sizes(p, data.shape[0])
     if not np.isfinite(data).all():
         raise AudioError(p, "contains NaN or infinite samples")
     return np.ascontiguousarray(data.T), int(sr)
