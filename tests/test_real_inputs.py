@@ -186,3 +186,49 @@ def test_undecodable_mp3_says_not_decodable(mp3, kind):
     with pytest.raises(AudioError) as e:
         read_audio(bad)
     assert str(bad) in str(e.value) and "not decodable" in str(e.value) and "does not exist" not in str(e.value)
+
+
+# ------------------------------------------------------------------------ 5. silent clips
+def _tone(n: int, amp: float = 0.5, f: float = 440.0, sr: int = 8000) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * f * np.arange(n) / sr)).astype(np.float32)
+
+
+@pytest.mark.parametrize("base_db", [None, -75.0])  # digital silence, and a noise floor far below hearing
+def test_event_on_a_silent_base_is_placed_at_minus_20_dbfs(base_db):
+    from audiopair.audio import level_dbfs, mix_at_snr
+
+    rng = np.random.default_rng(0)
+    base = np.zeros(8000, np.float32) if base_db is None else (
+        10 ** (base_db / 20) * rng.standard_normal(8000)).astype(np.float32)
+    event = _tone(2000, amp=0.01)
+    for snr in (0.0, 10.0):
+        out, info = mix_at_snr(base, event, 4000, snr)
+        assert info["event_dbfs"] == -20.0
+        assert level_dbfs(out[4000:6000]) == pytest.approx(-20.0, abs=0.05)  # not about -94 dBFS
+        assert level_dbfs(out[:4000]) == pytest.approx(-np.inf if base_db is None else base_db, abs=0.3)
+
+
+def test_event_at_snr_on_a_quiet_but_audible_base():
+    from audiopair.audio import level_dbfs, mix_at_snr
+
+    base = _tone(8000, amp=10 ** (-50 / 20) * np.sqrt(2), f=100.0)  # -50 dBFS RMS
+    _, info = mix_at_snr(base, _tone(2000, f=1000.0), 4000, 6.0)
+    assert level_dbfs(base) == pytest.approx(-50.0, abs=0.05) and info["event_dbfs"] == pytest.approx(-44.0, abs=0.05)
+
+
+@pytest.mark.parametrize("amp", [0.0, 1e-4])  # all zeros, and -83 dBFS: adding either would change nothing
+def test_silent_event_is_refused_by_mix_and_blamed_on_its_file_by_render(tmp_path, amp):
+    from audiopair.audio import AudioError, mix_at_snr
+    from audiopair.config import DatasetConfig
+    from audiopair.corpus.base import Clip
+    from audiopair.data.render import render
+
+    with pytest.raises(AudioError, match="event clip is silent"):
+        mix_at_snr(_tone(8000), _tone(2000, amp=amp), 100, 5.0)
+    base = Clip("b/base", "b", ("a street",), str(wav(tmp_path / "base.wav", _tone(8000))), "base")
+    quiet = Clip("e/phone", "e", ("a ringing phone",), str(wav(tmp_path / "phone.wav", _tone(4000, amp=amp))), "event")
+    cfg = DatasetConfig.model_validate({"sample_rate": 8000, "clip_seconds": 1.0})
+    recipe = {"op": "mix", "base": base.id, "event": quiet.id, "onset_u": 0.5, "snr_db": 5.0}
+    with pytest.raises(AudioError) as e:
+        render(recipe, {base.id: base, quiet.id: quiet}, cfg)
+    assert e.value.path == quiet.path and "silent" in e.value.reason

@@ -6,6 +6,7 @@ Everything here works on float32 numpy arrays, mono ``(samples,)`` unless said o
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -180,6 +181,19 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtyp
             os.unlink(tmp)
 
 
+# Levels for mixing. A base quieter than SILENT_DBFS (RMS) is silence: the event is placed at SILENT_BASE_EVENT_DBFS
+# absolute, since an SNR against silence means nothing. An event quieter than SILENT_DBFS over the span it is placed
+# on is refused: "adding" it would change nothing while the targets say it was added.
+SILENT_DBFS = -60.0
+SILENT_BASE_EVENT_DBFS = -20.0
+
+
+def level_dbfs(x: np.ndarray) -> float:
+    """True RMS level in dBFS (``-inf`` for digital silence); unlike ``loudness_dbfs`` it has no floor."""
+    power = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
+
+
 def mix_at_snr(
     base: np.ndarray,
     event: np.ndarray,
@@ -190,19 +204,27 @@ def mix_at_snr(
     """Place ``event`` into ``base`` at sample ``onset`` with the requested SNR; the result has ``base``'s length.
 
     SNR is the event's RMS over its own samples relative to the base's RMS over the same span (the whole base
-    when that span is silent), so a quiet background does not make a whisper loud. If the mix would peak above
-    ``peak_dbfs_max`` the whole mix is scaled down, which keeps the SNR and avoids clipping. Returns the mix and
-    what was done: onset and length in samples, the applied event gain and the final scale.
+    when that span is silent), so a quiet background does not make a whisper loud. A silent base (below
+    ``SILENT_DBFS``) gets the event at ``SILENT_BASE_EVENT_DBFS`` (-20 dBFS RMS) whatever the SNR. If the mix would
+    peak above ``peak_dbfs_max`` the whole mix is scaled down, which keeps the SNR and avoids clipping. Returns
+    the mix and what was done: onset and length in samples, the applied event gain, the final scale and the
+    event's RMS level in the mix (``event_dbfs``).
+
+    Raises ``AudioError`` (no path: the caller names the event file) when the placed event is silent, below
+    ``SILENT_DBFS``; ``ValueError`` for an onset outside the base.
     """
     n = len(base)
     if onset < 0 or onset >= n:
         raise ValueError(f"onset {onset} outside the base clip of {n} samples")
     ev = event[: n - onset].astype(np.float64)
-    span = base[onset : onset + len(ev)]
-    ref = rms(span) if rms(span) > 1e-6 else rms(base)
-    if ref <= 1e-6:  # a silent base: place the event at -20 dBFS RMS
-        ref = 10 ** (-20 / 20) / 10 ** (snr_db / 20)
-    gain = ref * 10 ** (snr_db / 20) / rms(ev)
+    ev_db = level_dbfs(ev)
+    if ev_db < SILENT_DBFS:
+        raise AudioError(None, f"event clip is silent (RMS {ev_db:.1f} dBFS < {SILENT_DBFS:g} dBFS over the "
+                               f"{len(ev)} samples placed): adding it would change nothing")
+    span_db = level_dbfs(base[onset : onset + len(ev)])
+    ref_db = span_db if span_db >= SILENT_DBFS else level_dbfs(base)
+    target_db = ref_db + snr_db if ref_db >= SILENT_DBFS else SILENT_BASE_EVENT_DBFS
+    gain = 10 ** ((target_db - ev_db) / 20)
     out = base.astype(np.float64).copy()
     out[onset : onset + len(ev)] += gain * ev
     limit = 10 ** (peak_dbfs_max / 20)
@@ -214,4 +236,5 @@ def mix_at_snr(
         "event_samples": int(len(ev)),
         "event_gain": float(gain),
         "scale": float(scale),
+        "event_dbfs": round(target_db + 20 * math.log10(scale), 2),
     }
