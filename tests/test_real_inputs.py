@@ -232,3 +232,61 @@ def test_silent_event_is_refused_by_mix_and_blamed_on_its_file_by_render(tmp_pat
     with pytest.raises(AudioError) as e:
         render(recipe, {base.id: base, quiet.id: quiet}, cfg)
     assert e.value.path == quiet.path and "silent" in e.value.reason
+
+
+# ------------------------------------------------------------------------ 6. every referenced source is validated
+def _events_with_bad_files(root: Path) -> dict[str, str]:
+    """Two good event kinds and, in a third, one silent, one cut-short and one undecodable file -> expected reason."""
+    sr = 16000
+    for kind, f in (("whoosh", 300.0), ("ping", 2000.0)):
+        for i in range(3):
+            wav(root / "Things" / kind / f"{kind}{i}.wav", _tone(int(0.6 * sr), f=f * (1 + 0.1 * i), sr=sr), sr)
+    wav(root / "Things" / "phone" / "phone0.wav", _tone(int(0.6 * sr), f=800.0, sr=sr), sr)
+    wav(root / "Things" / "phone" / "silent.wav", np.zeros(int(0.6 * sr), np.float32), sr)
+    good = (root / "Things" / "phone" / "phone0.wav").read_bytes()
+    (root / "Things" / "phone" / "cut.wav").write_bytes(good[: 44 + 1000])
+    (root / "Things" / "phone" / "garbage.wav").write_bytes(b"RIFF\x00\x00")
+    return {"silent.wav": "event clip is silent", "cut.wav": "truncated", "garbage.wav": "not decodable"}
+
+
+def test_every_source_file_is_checked_once_before_rendering(tmp_path):
+    import json
+
+    from conftest import tiny_config
+
+    from audiopair.data.manifest import read_manifest
+    from audiopair.data.pipeline import build_dataset
+
+    expected = _events_with_bad_files(tmp_path / "events")
+    cfg = tiny_config(
+        tmp_path / "ds", "dataset.sources=[{kind: demo}, {kind: events, name: ev, audio_dir: '%s'}]" % (tmp_path / "events"),
+        "dataset.demo.events=false", "dataset.tasks.triples_per_base=1", "dataset.max_rejected_fraction=1.0",
+    ).dataset
+    lines: list[str] = []
+    res = build_dataset(cfg, executor="serial", progress=lines.append)
+    rejected = [json.loads(x) for x in (Path(cfg.output_dir) / "rejected.jsonl").read_text().splitlines()]
+    # each bad file exactly once, with its reason, whether or not a plan would have drawn it
+    assert sorted(Path(r["path"]).name for r in rejected) == sorted(expected)
+    assert all(expected[Path(r["path"]).name] in r["reason"] and r["stage"] == "read" for r in rejected)
+    assert res.rejected == 3 and any("validated 10 source files: 3 unusable" in x for x in lines)
+    bad_ids = {r["clip_id"] for r in rejected}
+    for name in res.manifests:
+        for r in read_manifest(Path(cfg.output_dir) / "manifests" / f"{name}.jsonl"):
+            assert not bad_ids & set(r.meta.get("clips") or [r.meta.get("clip")]) and "silent" not in r.target
+
+
+def test_file_check_runs_on_ray_data_with_the_same_answers(tmp_path):
+    from audiopair.config import DatasetConfig
+    from audiopair.corpus.base import Clip
+    from audiopair.data.validate import validate_clips
+
+    expected = _events_with_bad_files(tmp_path)
+    files = sorted((tmp_path / "Things").rglob("*.wav"))
+    clips = [Clip(f"ev/{p.stem}", "ev", ("x",), str(p), "event") for p in files]
+    clips.append(Clip("base/silent", "base", ("quiet room",), str(tmp_path / "Things/phone/silent.wav"), "base"))
+    cfg = DatasetConfig.model_validate({"num_workers": 2})
+    on_ray = validate_clips(clips, cfg, executor="ray", progress=lambda s: None)
+    assert on_ray == validate_clips(clips, cfg, executor="serial", progress=lambda s: None)
+    assert {k: v.split(" (")[0].split(":")[0] for k, v in on_ray.items()} == {
+        "ev/silent": "event clip is silent", "ev/cut": "truncated", "ev/garbage": "unreadable audio"}
+    assert "base/silent" not in on_ray  # a silent base is usable: events go in at -20 dBFS
