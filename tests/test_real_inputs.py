@@ -290,3 +290,41 @@ def test_file_check_runs_on_ray_data_with_the_same_answers(tmp_path):
     assert {k: v.split(" (")[0].split(":")[0] for k, v in on_ray.items()} == {
         "ev/silent": "event clip is silent", "ev/cut": "truncated", "ev/garbage": "unreadable audio"}
     assert "base/silent" not in on_ray  # a silent base is usable: events go in at -20 dBFS
+
+
+# ------------------------------------------------------------------------ 9. Table 1 statistics
+ADIFF_VAL = Path(__file__).parent / "data" / "adiff-val"
+# ADIFF Table 1, validation rows: (examples, median words, max words) per released CSV.
+TABLE_1_VAL = {
+    "acd_val_adiff_fewwords_answer": (2456, 28, 46),
+    "acd_val_adiff_sentence_answer": (2456, 52, 87),
+    "acd_val_adiff_detail_answer": (2456, 154, 227),
+    "cld_validation_adiff_fewwords_answer": (5225, 27, 46),
+    "cld_validation_adiff_sentence_answer": (5225, 51, 89),
+}
+
+
+def test_words_and_vocabulary_are_counted_as_table_1_does():
+    from audiopair.data.stats import text_stats, words
+
+    assert words("a high-frequency hum") == ["a", "high-frequency", "hum"]
+    assert words("Audio 1 - a dog's bark... then silence .") == ["Audio", "1", "a", "dog's", "bark...", "then", "silence"]
+    s = text_stats(["A high-frequency hum.", "The hum, then a (low) thud!"])
+    # entries: a, high-frequency, hum | the, hum, then, a, low, thud -> a, high-frequency, hum, the, then, low, thud
+    assert (s["examples"], s["words_median"], s["words_max"], s["vocab"]) == (2, 4.5, 6, 7)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_1_VAL))
+def test_text_stats_reproduce_table_1_on_the_released_validation_csvs(name):
+    import csv
+    import gzip
+    import io
+
+    from audiopair.corpus.adiff_csv import tier_of
+    from audiopair.data.stats import text_stats
+
+    with gzip.open(ADIFF_VAL / f"{name}.input-answer.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(io.StringIO(fh.read())))
+    assert len({tier_of(r["input"]) for r in rows}) == 1
+    s = text_stats([r["answer"] for r in rows])
+    assert (s["examples"], s["words_median"], s["words_max"]) == TABLE_1_VAL[name]
