@@ -369,3 +369,23 @@ def test_every_template_branch_has_article_agreement_and_no_doubled_words():
                    "Audio 1: ", "The first audio is where", "Over the same background", "Both audios share a scene",
                    "similar level and tone", "the first sounds", "both feel", "where the first feels"):
         assert branch in joined, branch
+
+
+# ------------------------------------------------------------------------ 8. the JVM's extra output
+def test_scoring_works_with_jvm_option_variables_set(tmp_path, monkeypatch):
+    import subprocess
+
+    from audiopair.evaluate import java as jv
+    from audiopair.evaluate.score import score
+
+    monkeypatch.setenv(jv.ENV_CACHE, str(tmp_path / "aac"))
+    monkeypatch.delenv(jv.ENV_JAVA, raising=False)
+    monkeypatch.setenv("JAVA_TOOL_OPTIONS", "-Dfile.encoding=UTF-8")
+    monkeypatch.setenv("_JAVA_OPTIONS", "-Xss4m")
+    java = jv.find_java().path
+    said = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    assert said.startswith("Picked up JAVA_TOOL_OPTIONS")  # what broke aac-metrics' version check
+    assert jv.aac_java_version(java) == jv.find_java().version.split("_")[0] == "11.0.13"
+    rep = score(["a dog barks", "rain falls"], [["a dog is barking"], ["rain is falling"]],
+                metrics=("meteor", "bleu_1"), device="cpu")
+    assert rep.unavailable == {} and 0.2 < rep.values["meteor"] < 1.0 and rep.values["bleu_1"] > 0.3
