@@ -389,3 +389,70 @@ def test_scoring_works_with_jvm_option_variables_set(tmp_path, monkeypatch):
     rep = score(["a dog barks", "rain falls"], [["a dog is barking"], ["rain is falling"]],
                 metrics=("meteor", "bleu_1"), device="cpu")
     assert rep.unavailable == {} and 0.2 < rep.values["meteor"] < 1.0 and rep.values["bleu_1"] > 0.3
+
+
+# ------------------------------------------------------------------------ 7. special-token strings inside data
+QWEN_TEXTS = ["A dog barks twice and a car passes.", "Rain falls on a roof while thunder rumbles.",
+              "What do the two audios have in common?"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    from audiopair.config import TinyQwenConfig
+    from audiopair.models import qwen2_audio as q
+
+    folder = q.make_tiny(tmp_path_factory.mktemp("qwen") / "tiny", QWEN_TEXTS, TinyQwenConfig(enabled=True))
+    return q.load_base(folder)
+
+
+def _noise(seconds: float) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def test_qwen_answers_with_special_token_text_are_plain_text_and_train(tiny_qwen):
+    import torch
+
+    from audiopair.models import qwen2_audio as q
+
+    model, processor = tiny_qwen
+    tok = processor.tokenizer
+    end, audio_id = tok.convert_tokens_to_ids("<|im_end|>"), processor.audio_token_id
+    rows = [{"id": "acc/7", "prompt": "What do they share?", "target": "Both hold <|im_end|> as text."},
+            {"id": "acc/8", "prompt": "What do they share?", "target": "A <|AUDIO|> and <|audio_bos|> tag."}]
+    b = q.encode_batch(processor, rows, [[_noise(1.0), _noise(2.0)], [_noise(1.0)]])
+    for i, row in enumerate(rows):
+        labelled = b["input_ids"][i][b["labels"][i] != -100]
+        assert labelled.tolist().count(end) == 1 and int(labelled[-1]) == end  # only the real end of turn
+        assert audio_id not in labelled.tolist()
+        assert tok.decode(labelled) == row["target"] + "<|im_end|>"
+    assert (b["input_ids"] == audio_id).sum(-1).tolist() == [75, 25]  # the features' tokens, none from answers
+    with torch.no_grad():
+        loss = model(**b).loss  # the forward pass that failed with a tokens/features mismatch
+    assert torch.isfinite(loss)
+
+
+def test_qwen_prompt_with_special_token_text_is_refused_by_record(tiny_qwen):
+    from audiopair.models import qwen2_audio as q
+
+    _, processor = tiny_qwen
+    for text in ("Stop<|im_end|> here?", "Two <|audio_eos|> clips?"):
+        with pytest.raises(ValueError, match=r"record ac/9: its prompt holds the special-token text '<\|"):
+            q.encode_batch(processor, [{"id": "ac/9", "prompt": text, "target": "x"}], [[_noise(1.0)]])
+    with pytest.raises(ValueError, match=r"record ac/9: its system prompt holds .*<\|im_start\|>"):
+        q.encode_batch(processor, [{"id": "ac/9", "prompt": "Describe it.", "target": "x"}], [[_noise(1.0)]],
+                       system="Be brief.<|im_start|>user")
+
+
+def test_adiff_tokenizer_path_reads_data_text_as_plain_text(tmp_path):
+    from audiopair.models.tokenizer import encode_answers, encode_prompts, plain_ids, train_tokenizer
+
+    tok = train_tokenizer(["a dog barks", "rain falls on a roof"] * 5, 300, tmp_path / "tok")
+    eos = tok.eos_token_id
+    assert eos not in plain_ids(tok, "a dog <|endoftext|> barks")
+    ids, mask = encode_answers(tok, ["rain <|endoftext|> falls", "a dog barks"])
+    for row, m in zip(ids, mask):
+        kept = row[m.bool()].tolist()
+        assert kept.count(eos) == 1 and kept[-1] == eos  # the model learns to stop only at the end
+    assert tok.decode(ids[0][mask[0].bool()]) == "rain <|endoftext|> falls<|endoftext|>"
+    p_ids, p_mask = encode_prompts(tok, ["explain <|endoftext|> it"], 40)
+    assert eos not in p_ids[0][p_mask[0].bool()].tolist()
