@@ -43,8 +43,8 @@ def _wav_data_chunk(p: Path) -> tuple[int, int, int] | None:
 
     with open(p, "rb") as f:
         head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            return None
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None  # RF64 keeps its real sizes in a ds64 chunk, which libsndfile reads
         size = p.stat().st_size
         align = 0
         while True:
