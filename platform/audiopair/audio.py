@@ -6,6 +6,7 @@ Everything here works on float32 numpy arrays, mono ``(samples,)`` unless said o
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -25,29 +26,63 @@ class AudioError(Exception):
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
 
-def _wav_data_shortfall(p: Path) -> int | None:
-    """Bytes a RIFF/WAVE file's data chunk promises but does not hold (libsndfile quietly reads what is there)."""
+# Writers that cannot seek back (a pipe) leave the RIFF and data sizes as placeholders: 0xFFFFFFFF, or values near
+# 2 GiB such as 0x7FFFF000. A declared size this large that the file does not hold is a placeholder, not truncation.
+PLACEHOLDER_MIN = 0x7F000000
+# libsndfile's frame count for these formats is an estimate (MP3: from the bitrate or a Xing/LAME header).
+ESTIMATED_FRAMES = ("MP3", "MPEG")
+
+
+def _wav_data_chunk(p: Path) -> tuple[int, int, int] | None:
+    """``(declared bytes, bytes present, bytes per frame)`` of a RIFF/WAVE file's data chunk; None if not a WAV.
+
+    libsndfile quietly reads whatever a cut-short WAV holds, so the caller compares the declared size with what is
+    there. ``bytes per frame`` is the fmt chunk's block align (0 when the fmt chunk comes later or is missing).
+    """
     import struct
 
     with open(p, "rb") as f:
         head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
-            return None
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None  # RF64 keeps its real sizes in a ds64 chunk, which libsndfile reads
         size = p.stat().st_size
+        align = 0
         while True:
             chunk = f.read(8)
             if len(chunk) < 8:
                 return None
             cid, n = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if cid == b"data":
-                if n == 0xFFFFFFFF:  # RF64 / streaming writers leave the size open
-                    return None
-                return max(0, f.tell() + n - size)
+                return n, max(0, size - f.tell()), align
+            if cid == b"fmt " and n >= 14:
+                body = f.read(n)
+                align = struct.unpack("<H", body[12:14])[0] if len(body) >= 14 else 0
+                f.seek(n & 1, 1)
+                continue
             f.seek(n + (n & 1), 1)
 
 
+def _check_wav_sizes(p: Path, frames_read: int) -> None:
+    """Reject a WAV whose data chunk is cut short; accept placeholder sizes when every byte present decoded."""
+    wav = _wav_data_chunk(p)
+    if wav is None:
+        return
+    declared, present, align = wav
+    if declared <= present:
+        return
+    if declared < PLACEHOLDER_MIN:
+        raise AudioError(p, f"truncated: the data chunk is {declared - present} bytes shorter than its header says")
+    if align and frames_read < present // align:  # a placeholder, but the decoder stopped early: damaged data
+        raise AudioError(p, f"truncated: the data chunk holds {present // align} frames, the decoder read {frames_read}")
+
+
 def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read WAV / FLAC / OGG of any integer or float format: ``(channels, samples)`` float32 in [-1, 1], rate."""
+    """Read WAV / FLAC / OGG / MP3 of any integer or float format: ``(channels, samples)`` float32 in [-1, 1], rate.
+
+    Raises ``AudioError`` (naming the file) for a missing, empty, undecodable, truncated or non-finite file. A WAV
+    whose sizes are pipe placeholders (see ``PLACEHOLDER_MIN``) is read in full; an MP3's frame count is only an
+    estimate, so it is not compared with the frames decoded.
+    """
     p = Path(path)
     if not p.is_file():
         raise AudioError(p, "file does not exist")
@@ -57,17 +92,20 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         with sf.SoundFile(str(p)) as f:
             sr = f.samplerate
             frames = f.frames
+            estimated = f.format in ESTIMATED_FRAMES
             data = f.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
-        raise AudioError(p, f"unreadable audio ({e})") from None
+        # libsndfile says "File does not exist" for many files it cannot decode (an MP3 with only an ID3 tag);
+        # the file does exist, so say what is true.
+        detail = str(e).split(": ", 1)[-1] if "does not exist" not in str(e) else "format not recognised"
+        raise AudioError(p, f"unreadable audio: not decodable by libsndfile ({detail}); the file may be cut "
+                            f"short or not audio") from None
     if data.shape[0] == 0:
         raise AudioError(p, "no audio samples")
     # A header that promises more frames than the file holds means the file was cut short.
-    if frames > 0 and data.shape[0] < frames:
+    if frames > 0 and data.shape[0] < frames and not estimated:
         raise AudioError(p, f"truncated: header says {frames} frames, file holds {data.shape[0]}")
-    missing = _wav_data_shortfall(p)
-    if missing:
-        raise AudioError(p, f"truncated: the data chunk is {missing} bytes shorter than its header says")
+    _check_wav_sizes(p, data.shape[0])
     if not np.isfinite(data).all():
         raise AudioError(p, "contains NaN or infinite samples")
     return np.ascontiguousarray(data.T), int(sr)
@@ -167,6 +205,19 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtyp
             os.unlink(tmp)
 
 
+# Levels for mixing. A base quieter than SILENT_DBFS (RMS) is silence: the event is placed at SILENT_BASE_EVENT_DBFS
+# absolute, since an SNR against silence means nothing. An event quieter than SILENT_DBFS over the span it is placed
+# on is refused: "adding" it would change nothing while the targets say it was added.
+SILENT_DBFS = -60.0
+SILENT_BASE_EVENT_DBFS = -20.0
+
+
+def level_dbfs(x: np.ndarray) -> float:
+    """True RMS level in dBFS (``-inf`` for digital silence); unlike ``loudness_dbfs`` it has no floor."""
+    power = float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
+    return 10.0 * math.log10(power) if power > 0 else -math.inf
+
+
 def mix_at_snr(
     base: np.ndarray,
     event: np.ndarray,
@@ -177,19 +228,27 @@ def mix_at_snr(
     """Place ``event`` into ``base`` at sample ``onset`` with the requested SNR; the result has ``base``'s length.
 
     SNR is the event's RMS over its own samples relative to the base's RMS over the same span (the whole base
-    when that span is silent), so a quiet background does not make a whisper loud. If the mix would peak above
-    ``peak_dbfs_max`` the whole mix is scaled down, which keeps the SNR and avoids clipping. Returns the mix and
-    what was done: onset and length in samples, the applied event gain and the final scale.
+    when that span is silent), so a quiet background does not make a whisper loud. A silent base (below
+    ``SILENT_DBFS``) gets the event at ``SILENT_BASE_EVENT_DBFS`` (-20 dBFS RMS) whatever the SNR. If the mix would
+    peak above ``peak_dbfs_max`` the whole mix is scaled down, which keeps the SNR and avoids clipping. Returns
+    the mix and what was done: onset and length in samples, the applied event gain, the final scale and the
+    event's RMS level in the mix (``event_dbfs``).
+
+    Raises ``AudioError`` (no path: the caller names the event file) when the placed event is silent, below
+    ``SILENT_DBFS``; ``ValueError`` for an onset outside the base.
     """
     n = len(base)
     if onset < 0 or onset >= n:
         raise ValueError(f"onset {onset} outside the base clip of {n} samples")
     ev = event[: n - onset].astype(np.float64)
-    span = base[onset : onset + len(ev)]
-    ref = rms(span) if rms(span) > 1e-6 else rms(base)
-    if ref <= 1e-6:  # a silent base: place the event at -20 dBFS RMS
-        ref = 10 ** (-20 / 20) / 10 ** (snr_db / 20)
-    gain = ref * 10 ** (snr_db / 20) / rms(ev)
+    ev_db = level_dbfs(ev)
+    if ev_db < SILENT_DBFS:
+        raise AudioError(None, f"event clip is silent (RMS {ev_db:.1f} dBFS < {SILENT_DBFS:g} dBFS over the "
+                               f"{len(ev)} samples placed): adding it would change nothing")
+    span_db = level_dbfs(base[onset : onset + len(ev)])
+    ref_db = span_db if span_db >= SILENT_DBFS else level_dbfs(base)
+    target_db = ref_db + snr_db if ref_db >= SILENT_DBFS else SILENT_BASE_EVENT_DBFS
+    gain = 10 ** ((target_db - ev_db) / 20)
     out = base.astype(np.float64).copy()
     out[onset : onset + len(ev)] += gain * ev
     limit = 10 ** (peak_dbfs_max / 20)
@@ -201,4 +260,5 @@ def mix_at_snr(
         "event_samples": int(len(ev)),
         "event_gain": float(gain),
         "scale": float(scale),
+        "event_dbfs": round(target_db + 20 * math.log10(scale), 2),
     }

@@ -65,6 +65,7 @@ class BadRows:
 
     def __init__(self) -> None:
         self.rows: list[BadRow] = []
+        self.joined: list[tuple[str, int, int]] = []  # (csv, first line, last line) of rejoined records
         self._per_file: dict[str, int] = {}
 
     def add(self, csv_path: Path | str, line: int, reason: str) -> None:
@@ -73,6 +74,12 @@ class BadRows:
         n = self._per_file[key] = self._per_file.get(key, 0) + 1
         if n <= _WARN_PER_FILE:
             log.warning("%s line %d: %s; row skipped", key, line, reason)
+
+    def rejoined(self, csv_path: Path | str, first: int, last: int) -> None:
+        """A record whose unquoted field ran over lines ``first``..``last`` and was joined back into one."""
+        self.joined.append((str(csv_path), first, last))
+        log.warning("%s lines %d-%d: one record broken over %d lines (a line break in an unquoted field); "
+                    "rejoined with spaces", csv_path, first, last, last - first + 1)
 
     def finish(self, csv_path: Path | str, data_rows: int) -> None:
         """End of one CSV: summarise, and raise when no row at all could be used."""
@@ -86,13 +93,65 @@ class BadRows:
         log.warning("%s: skipped %d of %d rows (first, line %d: %s)", key, n, data_rows, first[1], first[2])
 
 
-def read_rows(
-    path: Path, required: list[str], optional: list[str], bad: BadRows
-) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield ``(line, {column: stripped value})`` for each well-formed row of ``path``.
+def join_broken_rows(rows: list[tuple[int, int, list[str]]], n: int) -> list[tuple[int, int, list[str], str | None, bool]]:
+    """Rejoin records whose unquoted field was broken over several physical lines (AudioCaps' train CSV has them).
 
-    ``line`` is the 1-based line the record starts on (a quoted field may span lines). Header names are matched
-    case-insensitively after stripping spaces; a UTF-8 byte-order mark is tolerated. Rows with the wrong number of
+    ``rows`` are ``(first line, last line, fields)`` as ``csv.reader`` parsed them (blank lines left out); ``n`` is
+    the header's field count. Returns ``(first line, last line, fields, problem, rejoined)`` per record; ``problem``
+    is None for a usable record or the reason it must be skipped; ``rejoined`` says several rows were joined.
+
+    - A short record continues on the next lines while their fields still fit (a break inside a middle field):
+      the broken field's pieces are joined with a space.
+    - A complete record followed by one-field lines: those lines are the rest of its last field (the AudioCaps
+      case, ``..., heavy wind followed by a loud`` / ``bang``), joined with a space.
+    - A short line that fits nowhere is skipped, and so is the complete record right before it: its last field
+      may be cut (the rest held a comma), and a cut caption must never be kept silently.
+    """
+    out: list[list] = []
+    i = 0
+    while i < len(rows):
+        first, last, fields = rows[i][0], rows[i][1], list(rows[i][2])
+        j = i + 1
+        while j < len(rows) and len(fields) < n and len(fields) + len(rows[j][2]) - 1 <= n:
+            fields[-1] = f"{fields[-1]} {rows[j][2][0]}"
+            fields += rows[j][2][1:]
+            last, j = rows[j][1], j + 1
+        while n > 1 and j < len(rows) and len(fields) == n and len(rows[j][2]) == 1:
+            fields[-1] = f"{fields[-1]} {rows[j][2][0]}"
+            last, j = rows[j][1], j + 1
+        problem = None
+        if len(fields) != n:
+            joined = f" after joining lines {first}-{last}" if last > first else ""
+            problem = f"has {len(fields)} fields{joined}, the header has {n} (unquoted comma or line break?)"
+        out.append([first, last, fields, problem, j > i + 1])
+        i = j
+    for k in range(1, len(out)):
+        prev, cur = out[k - 1], out[k]
+        if cur[3] and len(cur[2]) < n and prev[3] is None and prev[1] + 1 == cur[0]:
+            prev[3] = (f"followed by line {cur[0]} with {len(cur[2])} of {n} fields, which may be the rest of this "
+                       f"row's last field (a line break in an unquoted field); quote fields that hold line breaks")
+            cur[3] = f"{cur[3]}; it may continue line {prev[0]}, which is skipped too"
+    return [tuple(r) for r in out]  # type: ignore[misc]
+
+
+def physical_rows(reader) -> Iterator[tuple[int, int, list[str]]]:
+    """``(first line, last line, fields)`` of each non-blank row a ``csv.reader`` yields after the header."""
+    start = reader.line_num + 1
+    for row in reader:
+        first, start = start, reader.line_num + 1
+        if row and not (len(row) == 1 and not row[0].strip()):
+            yield first, reader.line_num, row
+
+
+def read_rows(
+    path: Path, required: list[str], optional: list[str], bad: BadRows, raw: tuple[str, ...] = ()
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line, {column: value})`` for each well-formed record of ``path``.
+
+    ``line`` is the 1-based line the record starts on (a quoted field may span lines; an unquoted field broken
+    over lines is rejoined with a warning naming the lines, see ``join_broken_rows``). Header names are matched
+    case-insensitively after stripping spaces; a UTF-8 byte-order mark is tolerated. Values are stripped, except
+    the ``raw`` columns (file names: a leading space can be part of a name). Records with the wrong number of
     fields go to ``bad``. Only ``required`` and the ``optional`` columns present are returned.
     """
     try:
@@ -109,20 +168,17 @@ def read_rows(
                     f"found columns {', '.join(h.strip() for h in header) or '(none)'}"
                 )
             wanted = {c: names.index(c) for c in required + [c for c in optional if c in names]}
-            data_rows = 0
-            start = reader.line_num + 1
-            for row in reader:
-                line, start = start, reader.line_num + 1
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                data_rows += 1
-                if len(row) != len(header):
-                    bad.add(path, line, f"has {len(row)} fields, the header has {len(header)} (unquoted comma?)")
-                    continue
-                yield line, {c: row[i].strip() for c, i in wanted.items()}
+            records = join_broken_rows(list(physical_rows(reader)), len(header))
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8") from None
-    bad.finish(path, data_rows)
+    for first, last, row, problem, rejoined in records:
+        if problem:
+            bad.add(path, first, problem)
+            continue
+        if rejoined:
+            bad.rejoined(path, first, last)
+        yield first, {c: row[i] if c in raw else row[i].strip() for c, i in wanted.items()}
+    bad.finish(path, len(records))
 
 
 def sanitize(stem: str) -> str:
@@ -178,17 +234,23 @@ class FileIndex:
             names = {}
             try:
                 with os.scandir(folder) as it:
-                    for entry in it:
-                        if entry.is_file():
-                            names[unicodedata.normalize("NFC", entry.name)] = entry.name
+                    files = [entry.name for entry in it if entry.is_file()]
+                for name in files:
+                    names.setdefault(unicodedata.normalize("NFC", name), name)
+                names.update((name, name) for name in files)  # an exact spelling always finds its own file
             except OSError:
                 pass  # a missing or unreadable folder holds no files
             self._dirs[folder] = names
         return names
 
     def find(self, path: str | Path) -> Path | None:
-        """The existing file for ``path`` (absolute, with its on-disk spelling), or None."""
+        """The existing file for ``path`` (absolute, with its on-disk spelling), or None.
+
+        The name is looked up exactly as written first (spaces and all: Clotho has names that begin with one),
+        then in NFC. ``os.path.abspath`` keeps a name's leading and trailing spaces.
+        """
         p = os.path.abspath(path)
         folder, name = os.path.split(p)
-        real = self._listing(folder).get(unicodedata.normalize("NFC", name))
+        listing = self._listing(folder)
+        real = listing.get(name, listing.get(unicodedata.normalize("NFC", name)))
         return Path(folder, real) if real is not None else None

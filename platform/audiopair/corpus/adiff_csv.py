@@ -47,9 +47,9 @@ class AdiffCsvSource(FileSource):
         rows: list[tuple] = []
         for path in csv_files(cfg):
             root, csv_name = str(audio_root(cfg, path)), str(path)
-            for line, row in read_rows(path, COLUMNS, ["taskname"], bad):
+            for line, row in read_rows(path, COLUMNS, ["taskname"], bad, raw=("filepath1", "filepath2")):
                 tier = tier_of(row["input"])
-                empty = [c for c in COLUMNS if not row[c]]
+                empty = [c for c in COLUMNS if not row[c].strip()]
                 if empty:
                     bad.add(path, line, f"empty {', '.join(empty)}")
                     continue
@@ -78,8 +78,8 @@ class AdiffCsvSource(FileSource):
         clips: dict[tuple[str, str], Clip | None] = {}
         for (root, rel), f in files.items():
             clip_id = ids.get((root, rel), os.path.splitext(rel)[0])
-            full = os.path.normpath(os.path.join(root, rel))
-            found = index.find(full)
+            full = os.path.normpath(os.path.join(root, rel))  # the name as written first (spaces can be part of it)
+            found = index.find(full) or (index.find(os.path.join(root, rel.strip())) if rel.strip() != rel else None)
             if found is None:
                 clips[(root, rel)] = None
                 self._missing.append(Missing(clip_id, full, "file does not exist"))

@@ -10,7 +10,7 @@ holding the extracted archives works for a glob of all caption CSVs.
 from __future__ import annotations
 
 import re
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from audiopair.config import SourceConfig
 from audiopair.corpus._csv import BadRows, ClipIds, FileIndex, audio_root, clip_role, csv_files, read_rows
@@ -25,6 +25,13 @@ def split_word(csv_name: str) -> str | None:
     """The split word ("development", "validation", "evaluation") the CSV's file name contains, if any."""
     words = re.split(r"[^a-z]+", csv_name.lower())
     return next((w for w in _SPLITS if w in words), None)
+
+
+def _candidates(root: Path, word: str | None, file_name: str) -> list[Path]:
+    """Where ``file_name`` may be, in order: as written first, then (a CSV cell padded by an editor) stripped."""
+    names = [file_name] + ([file_name.strip()] if file_name.strip() != file_name else [])
+    folders = [root] + ([root / word] if word else [])
+    return [folder / name for name in names for folder in folders]
 
 
 class ClothoSource(FileSource):
@@ -44,10 +51,10 @@ class ClothoSource(FileSource):
         for path in csv_files(cfg):
             root = audio_root(cfg, path)
             word = split_word(path.stem)
-            for line, row in read_rows(path, ["file_name", "caption_1"], CAPTIONS[1:], bad):
-                file_name = row["file_name"]
+            for line, row in read_rows(path, ["file_name", "caption_1"], CAPTIONS[1:], bad, raw=("file_name",)):
+                file_name = row["file_name"]  # as written: " typical street corner at noon.wav" is a real name
                 captions = [row[c] for c in CAPTIONS if row.get(c)]
-                if not file_name:
+                if not file_name.strip():
                     bad.add(path, line, "empty file_name")
                     continue
                 if not captions:
@@ -57,7 +64,7 @@ class ClothoSource(FileSource):
                     file_name,
                     {
                         "captions": [],
-                        "paths": [root / file_name] + ([root / word / file_name] if word else []),
+                        "paths": _candidates(root, word, file_name),
                         "split": cfg.split or (_SPLITS[word] if word else None),
                     },
                 )

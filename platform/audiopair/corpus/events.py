@@ -135,13 +135,17 @@ class EventFolderSource(FileSource):
         root = Path(os.path.abspath(os.path.expanduser(cfg.audio_dir)))
         on_disk = _scan(root)
         bad = BadRows()
+        disk = set(on_disk)
         captions: dict[PurePosixPath, list[str]] = {}
         if cfg.csv:
             for path in csv_files(cfg):
-                for line, row in read_rows(path, ["file", "caption"], [], bad):
+                for line, row in read_rows(path, ["file", "caption"], [], bad, raw=("file",)):
                     caption = row["caption"].rstrip(".").strip()
-                    rel = PurePosixPath(row["file"].replace("\\", "/"))
-                    reason = _row_problem(row["file"], rel, caption)
+                    rel = PurePosixPath(row["file"].replace("\\", "/"))  # as written: spaces can be part of a name
+                    stripped = PurePosixPath(rel.as_posix().strip())
+                    if rel not in disk and stripped in disk:
+                        rel = stripped  # a cell padded by an editor; the exact name was tried first
+                    reason = _row_problem(row["file"].strip(), rel, caption)
                     if reason:
                         bad.add(path, line, reason)
                         continue
@@ -150,7 +154,6 @@ class EventFolderSource(FileSource):
                         caps.append(caption)
         self.bad_rows = bad.rows
 
-        disk = set(on_disk)
         order = list(captions) + [p for p in on_disk if p not in captions]
         ids = ClipIds(cfg.label)
         role = clip_role(cfg, "event")

@@ -34,8 +34,8 @@ class LLMExplainer:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        enc = self.tok(list(batch["prompt"]), return_tensors="pt", padding=True, truncation=True,
-                       max_length=self.max_prompt_tokens).to(self.device)
+        enc = self.tok(list(batch["prompt"]), return_tensors="pt", padding=True, truncation=True,  # captions are
+                       max_length=self.max_prompt_tokens, split_special_tokens=True).to(self.device)  # plain text
         with torch.no_grad():
             out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       pad_token_id=self.tok.pad_token_id)

@@ -27,9 +27,10 @@ from audiopair.config import DatasetConfig
 from audiopair.corpus import make_source
 from audiopair.data.io import atomic_write_json, atomic_write_jsonl
 from audiopair.data.manifest import manifest_path, write_manifest
-from audiopair.data.plan import Plan, make_plan
+from audiopair.data.plan import Plan, make_plan, source_clips
 from audiopair.data.render import process_shard, set_single_thread, shard_name
 from audiopair.data.stats import dataset_stats
+from audiopair.data.validate import validate_clips
 from audiopair.tasks import examples as ex
 
 Progress = Callable[[str], None]
@@ -171,7 +172,10 @@ def build_dataset(cfg: DatasetConfig, progress: Progress = print, executor: str 
     t0 = time.time()
     out = Path(cfg.output_dir)
     sources = [(make_source(s, cfg), s) for s in cfg.sources]
-    plan = make_plan(sources, cfg)
+    # Every source file is checked once before planning, so a bad event file is rejected even if no plan draws it.
+    files = [c for src, s in sources for c in source_clips(src, s)]
+    unusable = validate_clips(files, cfg, executor, progress)
+    plan = make_plan(sources, cfg, unusable)
     fingerprint = config_fingerprint(cfg, plan)
     prepare_output(out, fingerprint, cfg)
     shards = [plan.items[i : i + cfg.shard_size] for i in range(0, len(plan.items), cfg.shard_size)]

@@ -67,21 +67,38 @@ def assign_splits(clips: list[Clip], fractions: SplitConfig, seed: int) -> dict[
     return out
 
 
-def make_plan(sources: list, cfg: DatasetConfig) -> Plan:
+def source_clips(src, scfg) -> list[Clip]:
+    """A source's clips with the config's role and split applied (what the plan and the file check see)."""
+    out = []
+    for c in src.clips():
+        if scfg.role not in ("auto", "pairs"):
+            c = dataclasses.replace(c, role=scfg.role)
+        if scfg.split:
+            c = dataclasses.replace(c, split=scfg.split)
+        out.append(c)
+    return out
+
+
+def make_plan(sources: list, cfg: DatasetConfig, unusable: dict[str, str] | None = None) -> Plan:
+    """Plan the build from ``(source, SourceConfig)`` pairs. ``unusable`` (``{clip id: reason}``, from
+    ``data.validate``) names clips whose files failed the check: they go to ``missing`` with their reason and are
+    never drawn, and released pairs over them are dropped."""
+    unusable = unusable or {}
     clips: dict[str, Clip] = {}
     missing: list[Missing] = []
     csv_pairs = []
+    seen: set[str] = set()
     for src, scfg in sources:
-        for c in src.clips():
-            if scfg.role not in ("auto", "pairs"):
-                c = dataclasses.replace(c, role=scfg.role)
-            if scfg.split:
-                c = dataclasses.replace(c, split=scfg.split)
-            if c.id in clips:
+        for c in source_clips(src, scfg):
+            if c.id in seen:
                 raise ValueError(f"clip id {c.id!r} appears twice (source {scfg.label!r}); give sources distinct names")
+            seen.add(c.id)
+            if c.id in unusable:
+                missing.append(Missing(c.id, c.path or c.id, unusable[c.id]))
+                continue
             clips[c.id] = c
         missing.extend(src.missing())
-        csv_pairs.extend((p, scfg) for p in src.pairs())
+        csv_pairs.extend((p, scfg) for p in src.pairs() if p.clip1.id in clips and p.clip2.id in clips)
 
     pair_clip_ids = {c.id for p, _ in csv_pairs for c in (p.clip1, p.clip2)}
     split_of = assign_splits([c for c in clips.values() if c.id not in pair_clip_ids], cfg.splits, cfg.seed)

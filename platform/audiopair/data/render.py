@@ -37,7 +37,10 @@ def render(recipe: dict, clips: dict[str, Clip], cfg: DatasetConfig, split: str 
     onset = int(recipe["onset_u"] * room)
     if len(base) - onset < min_len:
         raise AudioError(clips[recipe["base"]].path, f"base clip too short to hold an event ({len(base) / sr:.2f} s)")
-    out, info = mix_at_snr(base, event, onset, recipe["snr_db"], cfg.mix.peak_dbfs)
+    try:
+        out, info = mix_at_snr(base, event, onset, recipe["snr_db"], cfg.mix.peak_dbfs)
+    except AudioError as e:  # a silent event: blame its file, so it reaches rejected.jsonl by name
+        raise AudioError(e.path or clips[recipe["event"]].path, e.reason) from None
     return out, {"onset_s": round(onset / sr, 4), "event_s": round(info["event_samples"] / sr, 4),
                  "event_gain": info["event_gain"], "scale": info["scale"]}
 

@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from audiopair.corpus._csv import join_broken_rows, physical_rows
 from audiopair.data.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -209,19 +210,24 @@ def read_label_csv(path: str | Path, path_column: str = "path", label_column: st
         ip, il = names.index(path_column.lower()), names.index(label_column.lower())
         root = Path(audio_dir) if audio_dir is not None else p.parent
         rows, skipped, lines = [], [], []
-        for row in reader:
-            line = reader.line_num
+        for line, last, row, problem, rejoined in join_broken_rows(list(physical_rows(reader)), len(header)):
             if not any(cell.strip() for cell in row):
                 continue  # blank line
-            audio = row[ip].strip() if ip < len(row) else ""
+            if problem:
+                skipped.append((line, problem))
+                log.warning("%s line %d: %s, row skipped: %r", p, line, problem, row)
+                continue
+            if rejoined:
+                log.warning("%s lines %d-%d: one record broken over lines (unquoted line break); rejoined", p, line, last)
+            audio = row[ip] if ip < len(row) else ""  # a path as written: spaces can be part of a file name
             label = row[il].strip() if il < len(row) else ""
-            if not audio or not label:
-                reason = "empty path" if not audio else "empty label"
+            if not audio.strip() or not label:
+                reason = "empty path" if not audio.strip() else "empty label"
                 skipped.append((line, reason))
                 log.warning("%s line %d: %s, row skipped: %r", p, line, reason, row)
                 continue
-            ap = Path(audio)
-            rows.append((str(ap if ap.is_absolute() else root / ap), label))
+            full = [ap if ap.is_absolute() else root / ap for ap in (Path(audio), Path(audio.strip()))]
+            rows.append((str(full[0] if full[0].is_file() or not full[1].is_file() else full[1]), label))
             lines.append(line)
     if skipped:
         log.warning("%s: %d row(s) skipped (lines %s)", p, len(skipped), ", ".join(str(n) for n, _ in skipped[:20]))

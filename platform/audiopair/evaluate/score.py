@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from audiopair.evaluate.java import aac_cache_dir, ensure_aac_cache, find_java, spice_missing
+from audiopair.evaluate.java import aac_cache_dir, ensure_aac_cache, find_java, patch_aac_java_check, spice_missing
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,8 @@ def score_groups(
     import aac_metrics
     import numpy as np
     import torch
+
+    patch_aac_java_check()  # its own probe breaks when JAVA_TOOL_OPTIONS makes Java print a line first
     from aac_metrics.functional import bleu_1, bleu_2, bleu_3, bleu_4, cider_d, fense, rouge_l, spice, vocab
     from aac_metrics.functional.fense import _load_models_and_tokenizer
     from aac_metrics.functional.spider import _spider_from_outputs

@@ -196,6 +196,25 @@ def check_audio_tokens(input_ids: torch.Tensor, feature_attention_mask: torch.Te
                              "a prompt must not contain <|AUDIO|> itself")
 
 
+def special_strings(tok) -> list[str]:
+    """The texts the tokenizer turns into special tokens when it parses a string (``<|im_end|>``, ``<|AUDIO|>`` ...)."""
+    return sorted({t.content for t in tok.added_tokens_decoder.values()} | set(tok.all_special_tokens), key=len,
+                  reverse=True)
+
+
+def refuse_special_text(tok, rows: list[dict], system: str | None) -> None:
+    """Prompts go through the chat template, where special-token strings are parsed: a prompt or system prompt
+    holding one (``<|im_end|>`` would end the user turn, ``<|AUDIO|>`` add an audio slot) is refused, naming the
+    record. Answers need no check: they are encoded as plain text (``split_special_tokens``)."""
+    specials = special_strings(tok)
+    for r in rows:
+        for field, text in (("prompt", r["prompt"]), ("system prompt", system or "")):
+            hit = next((s for s in specials if s in text), None)
+            if hit:
+                raise ValueError(f"record {r['id']}: its {field} holds the special-token text {hit!r}, which the chat "
+                                 f"template would turn into a real token; remove it from the {field}")
+
+
 def _process(processor, texts: list[str], audio: list[np.ndarray], ids: list[str], **kw):
     """The processor's expansion of ``<|AUDIO|>``, with the records named when it refuses them."""
     try:
@@ -212,6 +231,7 @@ def encode_batch(processor, rows: list[dict], waves: list[list[np.ndarray]], max
     Training: right-padded ``input_ids = prompt + answer + <|im_end|>`` with ``labels`` on the answer part only.
     Generation (``train=False``): left-padded prompts, ready for ``generate``."""
     tok = processor.tokenizer
+    refuse_special_text(tok, rows, system)
     texts = [prompt_text(processor, r["prompt"], len(w), system) for r, w in zip(rows, waves)]
     flat = [a for w in waves for a in w]
     if not train:
@@ -226,7 +246,8 @@ def encode_batch(processor, rows: list[dict], waves: list[list[np.ndarray]], max
         enc = _process(processor, [text], w, [r["id"]])
         check_audio_tokens(enc["input_ids"], enc["feature_attention_mask"], [len(w)], processor.audio_token_id,
                            [r["id"]])
-        answer = tok(r["target"], add_special_tokens=False)["input_ids"] + [end]
+        # The answer is user data: plain text, so a literal "<|im_end|>" in it is spelled out, not an end of turn.
+        answer = tok(r["target"], add_special_tokens=False, split_special_tokens=True)["input_ids"] + [end]
         if max_answer_tokens and len(answer) > max_answer_tokens:
             answer = answer[:max_answer_tokens]  # cut, so no <|im_end|>: the answer did not end there
         prompt_ids = enc["input_ids"][0].tolist()
@@ -243,8 +264,13 @@ def encode_batch(processor, rows: list[dict], waves: list[list[np.ndarray]], max
         input_ids[i, : len(s)] = torch.tensor(s)
         label_t[i, : len(lab)] = torch.tensor(lab)
         attention[i, : len(s)] = 1
+    feature_mask = torch.cat(masks)
+    # The whole sequence (prompt + answer) must hold exactly the audio tokens its features give; the forward pass
+    # would otherwise fail with a mismatch naming no record.
+    check_audio_tokens(input_ids, feature_mask, [len(w) for w in waves], processor.audio_token_id,
+                       [r["id"] for r in rows])
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_t,
-            "input_features": torch.cat(feats), "feature_attention_mask": torch.cat(masks)}
+            "input_features": torch.cat(feats), "feature_attention_mask": feature_mask}
 
 
 @torch.no_grad()

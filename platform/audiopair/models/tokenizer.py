@@ -52,10 +52,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, folder: str | os.Path
     return fast
 
 
+def plain_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of data text (a prompt, caption or answer) as PLAIN text: a literal ``<|endoftext|>`` (or any
+    other special-token string) in user data is spelled out in ordinary tokens, never parsed into the special
+    token. Otherwise an answer holding it would teach the model to stop in mid-answer. No bos / eos is added."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def encode_prompts(tokenizer, prompts: list[str], prompt_len: int, suffix: str = "",
                    pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` of shape ``(B, prompt_len)``: each prompt followed by ``suffix`` (its special tokens parsed),
-    truncated, right-padded with ``pad_id`` (default eos), mask 0 on padding.
+    """``(ids, mask)`` of shape ``(B, prompt_len)``: each prompt (``plain_ids``) followed by ``suffix`` (its special
+    tokens parsed), truncated, right-padded with ``pad_id`` (default eos), mask 0 on padding.
 
     ADIFF's reference (wrapper.py ``preprocess_text``) uses suffix " <|endoftext|>" (ids 220, 50256 in GPT-2) and
     pads with "!" (id 0) to 40 tokens; ``AdiffModel`` takes both from its config (``model_prompts``)."""
@@ -64,7 +71,7 @@ def encode_prompts(tokenizer, prompts: list[str], prompt_len: int, suffix: str =
     ids = torch.full((len(prompts), prompt_len), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), prompt_len), dtype=torch.long)
     for i, text in enumerate(prompts):
-        t = (tokenizer(text, add_special_tokens=False)["input_ids"] + tail)[:prompt_len]
+        t = (plain_ids(tokenizer, text) + tail)[:prompt_len]  # the text is data; the suffix is the model's
         ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         mask[i, : len(t)] = 1
     return ids, mask
@@ -77,7 +84,7 @@ def encode_answers(tokenizer, answers: list[str], max_len: int | None = None) ->
     stop there."""
     rows = []
     for text in answers:
-        t = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        t = plain_ids(tokenizer, text) + [tokenizer.eos_token_id]
         rows.append(t[:max_len] if max_len else t)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.eos_token_id, dtype=torch.long)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from audiopair.corpus.events import article
 from audiopair.tasks.captions import lower_first, sentence, strip_caption
 
 
@@ -90,6 +91,12 @@ def _compare(a: dict, b: dict) -> list[str]:
     return out
 
 
+def _a(phrase: str) -> str:
+    """``phrase`` with its indefinite article: "an intermittent", "a warm, mid-range". Every descriptor slot after
+    an article goes through here, so a new descriptor cannot break agreement."""
+    return f"{article(phrase)} {phrase}"
+
+
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -155,15 +162,15 @@ def tier2(p: PairInfo, rng: random.Random) -> str:
     scene = _shared_scene(p)
     if scene:
         opener = rng.choice(("Over the same background, in which", "Both audios share a scene in which"))
-        text = f"{opener} {scene}, {_event_contrast(p, timed=True)}, giving the second a {density(f2['onset_rate'])} texture{cmp_text}"
+        text = f"{opener} {scene}, {_event_contrast(p, timed=True)}, giving the second {_a(density(f2['onset_rate']))} texture{cmp_text}"
         return sentence(text)
     opener = rng.choice(
         ("The two audios differ in that", "The difference between the two audios is that", "Comparing the two audios,")
     )
     contrast = rng.choice(("whereas", "while"))
     text = (
-        f"{opener} the first audio presents a scene where {_order(p.first)}, with a {density(f1['onset_rate'])} "
-        f"texture, {contrast} in the second {_order(p.second)}, with a {brightness(f2['centroid_hz'])} character"
+        f"{opener} the first audio presents a scene where {_order(p.first)}, with {_a(density(f1['onset_rate']))} "
+        f"texture, {contrast} in the second {_order(p.second)}, with {_a(brightness(f2['centroid_hz']))} character"
         f"{cmp_text}"
     )
     return sentence(text)
@@ -176,7 +183,7 @@ def _describe_paragraph(n: int, info: AudioInfo, rng: random.Random) -> str:
     body = f"{opener} {_order(info)}."
     signal = (
         f" It is {level(f['loudness_dbfs'])} at around {f['loudness_dbfs']:.0f} dBFS, its spectral centroid near "
-        f"{f['centroid_hz']:.0f} Hz gives it a {brightness(f['centroid_hz'])} timbre, and with about "
+        f"{f['centroid_hz']:.0f} Hz gives it {_a(brightness(f['centroid_hz']))} timbre, and with about "
         f"{f['onset_rate']:.1f} onsets per second over {f['duration_s']:.0f} seconds its texture is "
         f"{density(f['onset_rate'])}."
     )

@@ -30,7 +30,7 @@ from audiopair.data.features import FeatureStore
 from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.models.adiff import prefix_tokens
 from audiopair.models.encoder import AudioEncoder
-from audiopair.models.tokenizer import load_tokenizer, train_tokenizer
+from audiopair.models.tokenizer import load_tokenizer, plain_ids, train_tokenizer
 from audiopair.train.engine import Recipe
 
 LABELS = "labels.json"  # the event head's class names, beside the encoder's weights
@@ -151,7 +151,7 @@ def make_lm_recipe(config: dict) -> Recipe:
         cost of short sequences (tier-3 explanations run to ~230 tokens)."""
         rng = random.Random(hash_seed(cfg.train.seed, calls[0]))
         calls[0] += 1
-        rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in batch]
+        rows = [plain_ids(tok, t) + [tok.eos_token_id] for t in batch]  # data text: special tokens not parsed
         width = min(max_len, max(len(r) for r in rows))
         ids = torch.full((len(rows), width), tok.eos_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
