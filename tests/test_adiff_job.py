@@ -175,6 +175,11 @@ def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_pat
     assert lines[2].startswith("| tier1 | adiff |") and lines[2].endswith("| - |")
     md, html = write_report([ev], ["adiff"], ["cider_d", "spice"], tmp_path / "report", "t")
     assert "## Not computed" in md.read_text() and "<table" in html.read_text()
+    from audiopair.data.io import read_jsonl
+
+    preds = read_jsonl(tmp_path / "report" / "predictions" / "adiff.jsonl")  # what a listening test builds from
+    assert [p["id"] for p in preds] == [r["id"] for r in ev.rows] and preds[0]["prediction"] == ev.rows[0]["prediction"]
+    assert len(preds[0]["audio"]) == 2 and all(Path(a).is_file() for a in preds[0]["audio"])
 
 
 def _free_port() -> int:

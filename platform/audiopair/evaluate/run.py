@@ -27,6 +27,9 @@ from audiopair.data.manifest import mix_tasks, resolve_audio
 
 log = logging.getLogger(__name__)
 
+# a report folder's predictions/<model>.jsonl: audio holds the example's files (empty for render-recipe records)
+PREDICTION_KEYS = ("id", "task", "tier", "prompt", "eval_prompt", "prediction", "references", "audio")
+
 
 @dataclass
 class Evaluation:
@@ -276,10 +279,11 @@ def classify_table(results: list[Evaluation]) -> str:
 
 def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str], folder: str | Path,
                  title: str) -> tuple[Path, Path]:
-    """``report.md``, ``report.html`` and ``scores.json`` in ``folder`` (written atomically): one table per task, the
+    """``report.md``, ``report.html``, ``scores.json`` and ``predictions/<model>.jsonl`` (``PREDICTION_KEYS``) in
+    ``folder`` (written atomically): one table per task, the
     downstream classification accuracies (when any ran), the metrics that did not run and why, and every model's
     full scores."""
-    from audiopair.data.io import atomic_write_text
+    from audiopair.data.io import atomic_write_jsonl, atomic_write_text
 
     folder = Path(folder)
     md = [f"# {title}", ""]
@@ -308,6 +312,9 @@ def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str]
         body.append("<h2>Not computed</h2><ul>" + "".join(
             f"<li><b>{html.escape(m)}</b>: {html.escape(w)}</li>" for m, w in sorted(missing.items())) + "</ul>")
     md_path, html_path = folder / "report.md", folder / "report.html"
+    for r in results:  # what a listening test is built from (audiopair.serve.study): text and audio files per id
+        atomic_write_jsonl(folder / "predictions" / f"{r.name}.jsonl",
+                           ({k: row.get(k) for k in PREDICTION_KEYS} for row in r.rows))
     atomic_write_text(folder / "scores.json", json.dumps({r.name: r.to_dict() for r in results}, indent=2,
                                                           sort_keys=True, allow_nan=False))
     atomic_write_text(md_path, "\n".join(md))
