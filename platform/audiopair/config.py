@@ -488,6 +488,48 @@ class EvalConfig(Section):
     classify: list[ClassifyConfig] = []  # downstream classification accuracy per model (ACC Table 3)
 
 
+# ---- human evaluation and pages (serve/)
+class ScenarioConfig(Section):
+    """One scenario of a listening test (ADIFF Table 3's Studio / FSD50K / GTZAN): a named set of pairs, with the
+    predictions of every model on it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # report folders of jobs/evaluate.py or train_adiff.py (predictions/<model>.jsonl) or MLflow run ids of their
+    # parent runs (each child run <model>/evaluate holds predictions/<split>.json)
+    predictions: list[str] = Field(min_length=1)
+    dataset: str | None = None  # dataset folder whose manifests give each id's audio files (MLflow tables lack them)
+    split: str = "test"
+    pairs: str | None = None  # a CSV with an ``id`` column: only these pairs (a hand-picked subset)
+
+
+class StudyConfig(Section):
+    """``jobs/listening_test.py``: the blind listening test of ADIFF Table 3 / App. I.2."""
+
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: str = "work/studies/demo"  # study.json, raters.json, audio/, ratings.db, report/
+    scenarios: list[ScenarioConfig] = []
+    models: list[str] = []  # models to compare ([]: every model that all scenarios have)
+    tiers: list[int] = [1, 2, 3]
+    pairs_per_tier: int = Field(2, ge=1)  # K pairs drawn per scenario and tier (seeded)
+    raters: list[str] = Field(["rater1", "rater2", "rater3"], min_length=1)
+    seed: int = 0
+    audio: Literal["copy", "link"] = "copy"  # link: hard links (copies where the file system refuses)
+    on_existing: Literal["refuse", "overwrite"] = "refuse"
+    bootstrap: int = Field(2000, ge=100)  # resamples for the 95% confidence intervals
+    alpha_level: Literal["nominal", "ordinal", "interval", "ratio"] = "ordinal"  # Krippendorff's alpha
+
+
+class ServeConfig(Section):
+    """The web pages: the listening test and the explain page."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 only behind a proxy you trust
+    port: int = Field(8000, ge=0, le=65535)
+    database: str | None = None  # SQLAlchemy URL for ratings (None: SQLite in the study folder)
+    max_upload_mb: float = Field(20.0, gt=0)  # explain page: per uploaded file
+    max_seconds: float = Field(30.0, gt=0)  # explain page: per uploaded file
+    examples: str | None = None  # explain page: a folder of audio files users may pick instead of uploading
+
+
 # --------------------------------------------------------------------------------------------- root
 class Config(Section):
     """Root of every job's config: the dataset build, the model, its training and its evaluation."""
@@ -500,6 +542,8 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
+    study: StudyConfig = StudyConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -1,0 +1,229 @@
+"""The listening test: building a frozen blind study from predictions tables, the rating API (tokens, path
+traversal, 1-5, double submission, two raters), and the Table-3-shaped report on synthetic ratings."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audiopair.audio import write_audio
+from audiopair.config import StudyConfig
+from audiopair.data.io import atomic_write_jsonl
+from audiopair.serve.study import StudyError, build_study, load_study
+
+MODELS = ("adiff", "baseline", "qwen")
+
+
+def write_predictions(root: Path, scenario: str, n_per_tier: int = 3, models=MODELS) -> Path:
+    """A report folder as jobs/evaluate.py writes it: predictions/<model>.jsonl, audio files beside it."""
+    folder = root / f"report-{scenario}"
+    rng = np.random.default_rng(0)
+    rows = []
+    for tier in (1, 2, 3):
+        for k in range(n_per_tier):
+            rid = f"{scenario}-t{tier}-{k}"
+            audio = []
+            for n in (1, 2):
+                p = root / "audio" / scenario / f"{rid}_{n}.wav"
+                write_audio(p, (0.1 * rng.standard_normal(1600)).astype(np.float32), 16000)
+                audio.append(str(p))
+            rows.append({"id": rid, "task": "adiff", "tier": tier, "prompt": f"tier {tier}?", "audio": audio,
+                         "references": ["ref"]})
+    for m in models:
+        atomic_write_jsonl(folder / "predictions" / f"{m}.jsonl",
+                           [{**r, "prediction": f"{m} says {r['id']}"} for r in rows])
+    return folder
+
+
+def study_cfg(tmp_path, **kw) -> StudyConfig:
+    scen = [{"name": s, "predictions": [str(write_predictions(tmp_path, s))]} for s in ("studio", "fsd")]
+    return StudyConfig.model_validate({"name": "t", "output_dir": str(tmp_path / "study"), "scenarios": scen,
+                                       "pairs_per_tier": 2, "raters": ["ann", "bob"], **kw})
+
+
+def test_build_freezes_a_blind_seeded_study(tmp_path):
+    cfg = study_cfg(tmp_path)
+    build_study(cfg, say=lambda m: None)
+    s = load_study(cfg.output_dir)
+    assert s.models == sorted(MODELS) and s.scenarios == ["studio", "fsd"]
+    assert len(s.items) == 2 * 3 * 2  # scenarios x tiers x K
+    assert [it["id"] for it in s.items] == [f"item{n:03d}" for n in range(1, 13)]
+    for it in s.items:  # each output is its model's own text; keys are positions, not names
+        assert [o["key"] for o in it["outputs"]] == ["A", "B", "C"]
+        assert {o["model"] for o in it["outputs"]} == set(MODELS)
+        assert all(o["text"] == f"{o['model']} says {it['pair']}" for o in it["outputs"])
+        assert all((s.folder / a).is_file() and not Path(a).is_absolute() for a in it["audio"])
+    # randomised: not every item puts the models in the same order, nor are items grouped by scenario
+    assert len({tuple(o["model"] for o in it["outputs"]) for it in s.items}) > 1
+    assert [it["scenario"] for it in s.items] != sorted(it["scenario"] for it in s.items)
+    tokens = json.loads((s.folder / "raters.json").read_text())
+    assert set(tokens) == {"ann", "bob"} and len(set(tokens.values())) == 2
+    assert (s.folder / "raters.json").stat().st_mode & 0o077 == 0
+    # frozen: building again refuses; the same seed elsewhere gives the same items and orders
+    with pytest.raises(StudyError, match="exists: a study is frozen"):
+        build_study(cfg, say=lambda m: None)
+    again = cfg.model_copy(update={"output_dir": str(tmp_path / "again")})
+    build_study(again, say=lambda m: None)
+    assert load_study(again.output_dir).items == s.items
+
+
+def test_build_errors_name_what_is_wrong(tmp_path):
+    one = write_predictions(tmp_path, "solo", models=("adiff",))
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"),
+                                      "scenarios": [{"name": "solo", "predictions": [str(one)]}]})
+    with pytest.raises(StudyError, match=r"two or more models; the scenarios share \['adiff'\]"):
+        build_study(cfg, say=lambda m: None)
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"),
+                                      "scenarios": [{"name": "x", "predictions": [str(tmp_path / "nothing")]}]})
+    with pytest.raises(StudyError, match="neither a report folder nor an MLflow run id"):
+        build_study(cfg, say=lambda m: None)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("pair\nsolo-t1-0\n")
+    cfg = study_cfg(tmp_path, scenarios=[{"name": "studio", "predictions": [str(tmp_path / "report-solo")],
+                                          "pairs": str(pairs)}], models=["adiff", "gpt"])
+    with pytest.raises(StudyError, match=r"study.models: \['gpt'\] are not in every scenario"):
+        build_study(cfg, say=lambda m: None)
+
+
+def test_pairs_csv_restricts_the_scenario(tmp_path):
+    rep = write_predictions(tmp_path, "gtzan")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("id,note\ngtzan-t1-2,x\ngtzan-t3-0,y\n")
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "pairs_per_tier": 3, "scenarios": [
+        {"name": "gtzan", "predictions": [str(rep)], "pairs": str(pairs)}]})
+    build_study(cfg, say=lambda m: None)
+    assert sorted(it["pair"] for it in load_study(tmp_path / "s").items) == ["gtzan-t1-2", "gtzan-t3-0"]
+
+
+# ------------------------------------------------------------------------------------------------- the API
+@pytest.fixture
+def served(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from audiopair.serve.app import create_app
+
+    cfg = study_cfg(tmp_path, pairs_per_tier=1)
+    build_study(cfg, say=lambda m: None)
+    s = load_study(cfg.output_dir)
+    app = create_app(cfg.output_dir)
+    return TestClient(app), s, app
+
+
+def test_unknown_token_gets_403_everywhere(served):
+    client, s, _ = served
+    item = s.items[0]
+    for method, url, body in [("GET", "/rate/nope", None), ("GET", "/api/nope/state", None),
+                              ("PUT", "/api/nope/rating", {"item": item["id"], "output": "A", "dimension": "cor",
+                                                            "score": 3}),
+                              ("POST", "/api/nope/finish", None), ("GET", f"/audio/nope/{item['audio'][0]}", None)]:
+        r = client.request(method, url, json=body)
+        assert r.status_code == 403, (method, url)
+        assert r.json()["detail"] == "unknown rater link"
+    assert client.get(f"/rate/{s.raters['ann']}").status_code == 200
+
+
+def test_page_and_state_never_name_the_models(served):
+    client, s, _ = served
+    token = s.raters["ann"]
+    page = client.get(f"/rate/{token}").text
+    state = client.get(f"/api/{token}/state").json()
+    assert "Correctness" in page and "Granularity" in page and "Readability" in page and "headphones" in page
+    assert len(state["items"]) == len(s.items) and state["position"] == 0 and state["ratings"] == {}
+    dumped = json.dumps(state)
+    for m in MODELS:
+        assert f'"{m}"' not in dumped and f"{m}/" not in dumped
+    assert "references" not in dumped
+    first = state["items"][0]
+    audio = client.get(first["audio"][0])
+    assert audio.status_code == 200 and audio.content == (s.folder / s.items[0]["audio"][0]).read_bytes()
+
+
+def test_audio_is_served_only_from_the_study(served, tmp_path):
+    client, s, _ = served
+    token = s.raters["ann"]
+    (tmp_path / "secret.txt").write_text("secret")
+    for bad in ["../raters.json", "raters.json", "study.json", "audio/../raters.json", "%2e%2e/raters.json",
+                "..%2F..%2Fsecret.txt", "%2E%2E%2F%2E%2E%2Fsecret.txt", "/etc/passwd", "audio/studio/none.wav",
+                "audio/../../secret.txt"]:
+        r = client.get(f"/audio/{token}/{bad}")
+        # 404, or 403 where the client resolved the dots itself and the token fell out of the URL
+        assert r.status_code in (403, 404), bad
+        assert b"secret" not in r.content and token.encode() not in r.content
+    # the server-side check, on the raw paths a hand-made request can carry
+    from fastapi import HTTPException
+
+    from audiopair.serve.app import _study_file
+
+    for bad in ["../raters.json", "audio/../../secret.txt", "audio/studio/../../raters.json", str(tmp_path / "x"),
+                "raters.json", "audio"]:
+        with pytest.raises(HTTPException) as e:
+            _study_file(s, bad)
+        assert e.value.status_code == 404
+    assert _study_file(s, s.items[0]["audio"][1]) == (s.folder / s.items[0]["audio"][1]).resolve()
+
+
+def test_ratings_validate_replace_and_stay_per_rater(served):
+    client, s, app = served
+    ann, bob = s.raters["ann"], s.raters["bob"]
+    it = s.items[0]
+    ok = {"item": it["id"], "output": "B", "dimension": "gra", "score": 4}
+    for bad, code, why in [({**ok, "score": 0}, 422, "greater than or equal to 1"),
+                           ({**ok, "score": 6}, 422, "less than or equal to 5"),
+                           ({**ok, "dimension": "fun"}, 422, "dimension must be one of"),
+                           ({**ok, "output": "Z"}, 404, "has no output 'Z'"),
+                           ({**ok, "item": "item999"}, 404, "no item 'item999'")]:
+        r = client.put(f"/api/{ann}/rating", json=bad)
+        assert r.status_code == code and why in json.dumps(r.json()), bad
+    assert client.put(f"/api/{ann}/rating", json=ok).status_code == 200
+    assert client.put(f"/api/{ann}/rating", json={**ok, "score": 2}).status_code == 200  # double submission
+    rows = app.state.store.ratings()
+    assert rows == [{"rater": "ann", "item": it["id"], "output": "B", "dimension": "gra", "score": 2}]
+    # bob sees none of ann's ratings and cannot change them: his write is his own row
+    assert client.get(f"/api/{bob}/state").json()["ratings"] == {}
+    client.put(f"/api/{bob}/rating", json={**ok, "score": 5})
+    assert client.get(f"/api/{ann}/state").json()["ratings"] == {it["id"]: {"B": {"gra": 2}}}
+    assert client.get(f"/api/{bob}/state").json()["ratings"] == {it["id"]: {"B": {"gra": 5}}}
+    # comments and position survive a new session (a closed browser)
+    client.put(f"/api/{ann}/comment", json={"item": it["id"], "text": "B misses the dog"})
+    client.put(f"/api/{ann}/position", json={"position": 3})
+    st = client.get(f"/api/{ann}/state").json()
+    assert st["position"] == 3 and st["comments"] == {it["id"]: "B misses the dog"}
+    assert client.put(f"/api/{ann}/position", json={"position": 99}).status_code == 422
+
+
+def test_two_raters_at_once_and_finish(served):
+    client, s, app = served
+    tokens = [s.raters["ann"], s.raters["bob"]]
+    errors = []
+
+    def rate_all(token, score):
+        try:
+            for it in s.items:
+                for o in it["outputs"]:
+                    for d in ("cor", "gra", "rdb"):
+                        r = client.put(f"/api/{token}/rating", json={"item": it["id"], "output": o["key"],
+                                                                     "dimension": d, "score": score})
+                        assert r.status_code == 200, r.text
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    r = client.post(f"/api/{tokens[0]}/finish")
+    assert r.status_code == 409 and f"{len(s.items)} items are not fully rated" in r.json()["detail"]
+    threads = [threading.Thread(target=rate_all, args=(t, n)) for n, t in enumerate(tokens, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = app.state.store.ratings()
+    per_rater = len(s.items) * 3 * 3
+    assert len(rows) == 2 * per_rater
+    assert {r["score"] for r in rows if r["rater"] == "ann"} == {3} and \
+        {r["score"] for r in rows if r["rater"] == "bob"} == {4}
+    assert client.post(f"/api/{tokens[0]}/finish").json() == {"finished": True}
+    assert client.get(f"/api/{tokens[0]}/state").json()["finished"] is True
+    assert client.get(f"/api/{tokens[1]}/state").json()["finished"] is False
