@@ -227,3 +227,86 @@ def test_two_raters_at_once_and_finish(served):
     assert client.post(f"/api/{tokens[0]}/finish").json() == {"finished": True}
     assert client.get(f"/api/{tokens[0]}/state").json()["finished"] is True
     assert client.get(f"/api/{tokens[1]}/state").json()["finished"] is False
+
+
+# ------------------------------------------------------------------------------------------------- the report
+def _store(s, tmp_path):
+    from audiopair.serve.store import RatingStore
+
+    return RatingStore(f"sqlite:///{tmp_path / 'r.db'}", s.fingerprint)
+
+
+def test_report_gives_table3_means_intervals_and_counts(tmp_path):
+    """Synthetic ratings with known cells: adiff COR is always 4; baseline COR is 2 from ann and 4 from bob
+    (12 ratings: the bootstrap mean is 2 + k/6 with k ~ Binomial(12, 1/2), whose 2.5% and 97.5% quantiles are
+    k = 3 and 9, so the interval is [2.5, 3.5]); qwen COR is 1 in studio and 3 in fsd (average 2 over 24)."""
+    import mlflow
+    import pandas as pd
+
+    from audiopair import tracking
+    from audiopair.serve.report import log_report, make_report, markdown, write_report
+
+    build_study(study_cfg(tmp_path), say=lambda m: None)  # 2 scenarios x 3 tiers x 2 pairs, 3 models
+    s = load_study(tmp_path / "study")
+    store = _store(s, tmp_path)
+    for it in s.items:
+        for o in it["outputs"]:
+            for rater in ("ann", "bob"):
+                cor = {"adiff": 4, "baseline": 2 if rater == "ann" else 4,
+                       "qwen": 1 if it["scenario"] == "studio" else 3}[o["model"]]
+                store.rate(rater, it["id"], o["key"], "cor", cor)
+                store.rate(rater, it["id"], o["key"], "gra", 5 if o["model"] == "adiff" else 3)
+            store.rate("ann", it["id"], o["key"], "rdb", 4)  # only one rater: 6 ratings per cell
+    rep = make_report(s, store.ratings(), n_boot=2000, seed=0)
+    assert len(rep.rows) == 3 * 3 * 3  # models x (2 scenarios + average) x dimensions
+    assert rep.cell("adiff", "studio", "cor") == {"model": "adiff", "scenario": "studio", "dimension": "cor",
+                                                  "mean": 4.0, "ci_low": 4.0, "ci_high": 4.0, "n": 12}
+    b = rep.cell("baseline", "fsd", "cor")
+    assert (b["mean"], b["ci_low"], b["ci_high"], b["n"]) == (3.0, 2.5, 3.5, 12)
+    assert rep.cell("qwen", "studio", "cor")["mean"] == 1.0 and rep.cell("qwen", "fsd", "cor")["mean"] == 3.0
+    avg = rep.cell("qwen", "average", "cor")
+    assert avg["mean"] == 2.0 and avg["n"] == 24 and 1.0 < avg["ci_low"] < 2.0 < avg["ci_high"] < 3.0
+    assert rep.cell("adiff", "average", "gra")["mean"] == 5.0 and rep.cell("qwen", "fsd", "rdb")["n"] == 6
+    # agreement: GRA both raters identical and varied -> 1; RDB one rater only -> undefined
+    assert rep.alpha["gra"] == 1.0 and rep.alpha["rdb"] is None
+    md = markdown(rep, s)
+    assert "| model | studio COR | studio GRA | studio RDB | fsd COR | fsd GRA | fsd RDB | average COR |" in md
+    assert "| adiff | 4.00 [4.00, 4.00] (12) |" in md and "3.00 [2.50, 3.50] (12)" in md
+    paths = write_report(rep, s, tmp_path / "out")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 10_000
+    saved = json.loads(paths["json"].read_text())
+    assert saved["alpha"] == {"cor": rep.alpha["cor"], "gra": 1.0, "rdb": None} and len(saved["table"]) == 27
+    assert len(pd.read_csv(paths["csv"])) == len(s.items) * 3 * 5
+    uri = tracking.setup(tmp_path / "work", "t-listen")
+    run_id = log_report(rep, s, paths)
+    run = mlflow.tracking.MlflowClient(uri).get_run(run_id)
+    assert run.info.run_name == "listening-test/t" and run.data.tags["job"] == "listening_test"
+    assert run.data.metrics["fsd/human/baseline/cor"] == 3.0 and run.data.metrics["agreement/gra/alpha"] == 1.0
+    assert {a.path for a in mlflow.tracking.MlflowClient(uri).list_artifacts(run_id, "listening_test")} >= {
+        "listening_test/table3.png", "listening_test/report.md", "listening_test/table3.json"}
+
+
+@pytest.mark.parametrize("level,expected", [("ordinal", 0.815), ("interval", 0.849), ("nominal", 0.743)])
+def test_agreement_matches_krippendorffs_worked_example(tmp_path, level, expected):
+    """Krippendorff (2011), "Computing Krippendorff's alpha-reliability", 4 observers x 12 units with missing
+    values: alpha = 0.743 nominal, 0.815 ordinal, 0.849 interval. Units are the 6 items x 2 outputs here."""
+    from audiopair.serve.report import make_report
+
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "pairs_per_tier": 2, "scenarios": [
+        {"name": "one", "predictions": [str(write_predictions(tmp_path, "one", models=("m1", "m2")))]}]})
+    build_study(cfg, say=lambda m: None)
+    s = load_study(cfg.output_dir)
+    units = sorted((it["id"], o["key"]) for it in s.items for o in it["outputs"])
+    assert len(units) == 12
+    n = None
+    data = {"A": [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], "B": [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
+            "C": [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], "D": [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]}
+    store = _store(s, tmp_path)
+    for rater, scores in data.items():
+        for (item, key), v in zip(units, scores):
+            if v is not None:
+                for dim in ("cor", "gra", "rdb"):
+                    store.rate(rater, item, key, dim, v)
+    rep = make_report(s, store.ratings(), n_boot=200, level=level)
+    assert rep.raters == 4
+    assert {d: round(a, 3) for d, a in rep.alpha.items()} == {"cor": expected, "gra": expected, "rdb": expected}
