@@ -248,15 +248,17 @@ def test_report_gives_table3_means_intervals_and_counts(tmp_path):
 
     build_study(study_cfg(tmp_path), say=lambda m: None)  # 2 scenarios x 3 tiers x 2 pairs, 3 models
     s = load_study(tmp_path / "study")
-    store = _store(s, tmp_path)
+    store, rows = _store(s, tmp_path), []
     for it in s.items:
         for o in it["outputs"]:
+            def add(rater, dim, score):
+                rows.append({"rater": rater, "item": it["id"], "output": o["key"], "dimension": dim, "score": score})
             for rater in ("ann", "bob"):
-                cor = {"adiff": 4, "baseline": 2 if rater == "ann" else 4,
-                       "qwen": 1 if it["scenario"] == "studio" else 3}[o["model"]]
-                store.rate(rater, it["id"], o["key"], "cor", cor)
-                store.rate(rater, it["id"], o["key"], "gra", 5 if o["model"] == "adiff" else 3)
-            store.rate("ann", it["id"], o["key"], "rdb", 4)  # only one rater: 6 ratings per cell
+                add(rater, "cor", {"adiff": 4, "baseline": 2 if rater == "ann" else 4,
+                                   "qwen": 1 if it["scenario"] == "studio" else 3}[o["model"]])
+                add(rater, "gra", 5 if o["model"] == "adiff" else 3)
+            add("ann", "rdb", 4)  # only one rater: 6 ratings per cell
+    store.rate_many(rows)
     rep = make_report(s, store.ratings(), n_boot=2000, seed=0)
     assert len(rep.rows) == 3 * 3 * 3  # models x (2 scenarios + average) x dimensions
     assert rep.cell("adiff", "studio", "cor") == {"model": "adiff", "scenario": "studio", "dimension": "cor",
@@ -302,11 +304,9 @@ def test_agreement_matches_krippendorffs_worked_example(tmp_path, level, expecte
     data = {"A": [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n], "B": [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
             "C": [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n], "D": [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n]}
     store = _store(s, tmp_path)
-    for rater, scores in data.items():
-        for (item, key), v in zip(units, scores):
-            if v is not None:
-                for dim in ("cor", "gra", "rdb"):
-                    store.rate(rater, item, key, dim, v)
+    store.rate_many([{"rater": rater, "item": item, "output": key, "dimension": dim, "score": v}
+                     for rater, scores in data.items() for (item, key), v in zip(units, scores) if v is not None
+                     for dim in ("cor", "gra", "rdb")])
     rep = make_report(s, store.ratings(), n_boot=200, level=level)
     assert rep.raters == 4
     assert {d: round(a, 3) for d, a in rep.alpha.items()} == {"cor": expected, "gra": expected, "rdb": expected}

@@ -98,6 +98,13 @@ class RatingStore:
         self._upsert(Rating, {"rater": rater, "item": item, "output": output, "dimension": dimension},
                      {"score": int(score)})
 
+    def rate_many(self, rows: list[dict]) -> None:
+        """Insert ``{rater, item, output, dimension, score}`` rows in one transaction (imports, synthetic tests);
+        a key already stored raises ``IntegrityError`` and nothing is written."""
+        with self.session.begin() as s:
+            s.add_all(Rating(study=self.study, **{k: r[k] for k in ("rater", "item", "output", "dimension", "score")})
+                      for r in rows)
+
     def comment(self, rater: str, item: str, text: str) -> None:
         self._upsert(Comment, {"rater": rater, "item": item}, {"text": text})
 
