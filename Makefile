@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml scripts/install_helm.sh
+$(STAMP): pyproject.toml scripts/install_helm.sh scripts/install_chromium.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -20,7 +20,9 @@ demo: $(STAMP)
 
 # Two pytest workers, whole files each (module fixtures stay shared), in conftest's order (not xdist's
 # most-tests-first): the ten-minute demo test starts at once on one worker while the other runs the rest.
+# The page tests drive Debian's chromium through Selenium: installed here when missing (as helm is, above).
 test: $(STAMP)
+	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)

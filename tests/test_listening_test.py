@@ -310,3 +310,33 @@ def test_agreement_matches_krippendorffs_worked_example(tmp_path, level, expecte
     rep = make_report(s, store.ratings(), n_boot=200, level=level)
     assert rep.raters == 4
     assert {d: round(a, 3) for d, a in rep.alpha.items()} == {"cor": expected, "gra": expected, "rdb": expected}
+
+
+def test_job_builds_refuses_and_reports(tmp_path, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("listening_test_job", REPO / "jobs" / "listening_test.py")
+    jobmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jobmod)
+    rep = write_predictions(tmp_path, "demo", models=("adiff", "baseline"))
+    study = tmp_path / "study"
+    args = [f"study.output_dir={study}", f"study.scenarios=[{{name: demo, predictions: [{rep}]}}]",
+            "study.pairs_per_tier=1", "study.raters=[ann]", f"work_dir={tmp_path / 'work'}", "experiment=t-job"]
+    assert jobmod.cli(["build", *args]) == 0
+    assert len(load_study(study).items) == 3
+    assert jobmod.cli(["build", *args]) == 2
+    assert "exists: a study is frozen once it is built" in capsys.readouterr().err
+    assert jobmod.cli(["--report", str(study), f"work_dir={tmp_path / 'work'}"]) == 2
+    assert "no ratings yet" in capsys.readouterr().err
+    from audiopair.serve.store import RatingStore, default_url
+
+    s = load_study(study)
+    store = RatingStore(default_url(study), s.fingerprint)
+    store.rate_many([{"rater": "ann", "item": it["id"], "output": o["key"], "dimension": d, "score": 3}
+                     for it in s.items for o in it["outputs"] for d in ("cor", "gra", "rdb")])
+    assert jobmod.cli(["--report", str(study), f"work_dir={tmp_path / 'work'}", "study.bootstrap=200"]) == 0
+    out = capsys.readouterr().out
+    assert "| adiff | 3.00 [3.00, 3.00] (3) |" in out and "MLflow run" in out
+    assert (study / "report" / "table3.png").is_file() and (tmp_path / "work" / "mlflow.db").is_file()
