@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install demo test bench clean
 
-$(STAMP): pyproject.toml scripts/install_helm.sh scripts/install_chromium.sh
+$(STAMP): pyproject.toml scripts/install_helm.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
