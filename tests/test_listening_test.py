@@ -18,8 +18,9 @@ from audiopair.serve.study import StudyError, build_study, load_study
 MODELS = ("adiff", "baseline", "qwen")
 
 
-def write_predictions(root: Path, scenario: str, n_per_tier: int = 3, models=MODELS) -> Path:
-    """A report folder as jobs/evaluate.py writes it: predictions/<model>.jsonl, audio files beside it."""
+def write_predictions(root: Path, scenario: str, n_per_tier: int = 3, models=MODELS, text=None) -> Path:
+    """A report folder as jobs/evaluate.py writes it: predictions/<model>.jsonl, audio files beside it.
+    ``text(model, row)`` makes each prediction (default: "<model> says <id>")."""
     folder = root / f"report-{scenario}"
     rng = np.random.default_rng(0)
     rows = []
@@ -35,7 +36,7 @@ def write_predictions(root: Path, scenario: str, n_per_tier: int = 3, models=MOD
                          "references": ["ref"]})
     for m in models:
         atomic_write_jsonl(folder / "predictions" / f"{m}.jsonl",
-                           [{**r, "prediction": f"{m} says {r['id']}"} for r in rows])
+                           [{**r, "prediction": text(m, r) if text else f"{m} says {r['id']}"} for r in rows])
     return folder
 
 

@@ -193,7 +193,7 @@ function show(){
   const it = S.items[pos], mine = S.ratings[it.id] || {};
   $("progress").textContent = `Item ${pos+1} of ${S.items.length}`;
   let h = `<p class="prompt">Question asked: ${esc(it.prompt)}</p><div class="audios">` +
-    it.audio.map((a,i)=>`<div>Audio ${i+1}<br><audio controls preload="none" src="${a}"></audio></div>`).join("") + `</div>`;
+    it.audio.map((a,i)=>`<div>Audio ${i+1}<br><audio controls preload="metadata" src="${a}"></audio></div>`).join("") + `</div>`;
   for(const o of it.outputs){
     h += `<div class="output" data-output="${o.key}"><b>Explanation ${o.key}</b><div class="text">${esc(o.text)}</div>`;
     for(const d of S.dimensions){
