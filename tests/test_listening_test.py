@@ -341,3 +341,32 @@ def test_job_builds_refuses_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| adiff | 3.00 [3.00, 3.00] (3) |" in out and "MLflow run" in out
     assert (study / "report" / "table3.png").is_file() and (tmp_path / "work" / "mlflow.db").is_file()
+
+
+def test_build_from_mlflow_runs_finds_audio_in_the_dataset(tiny_dataset, tmp_path):
+    """Predictions tables logged as jobs/evaluate.py logs them (child runs <model>/evaluate, no audio column): the
+    study takes the texts from MLflow and each id's audio files from the dataset's manifests."""
+    from audiopair import tracking
+    from audiopair.evaluate.run import split_examples
+
+    dcfg, _ = tiny_dataset
+    rows = split_examples(dcfg.dataset.output_dir, "test", ["adiff"], 2)
+    tracking.setup(tmp_path / "work", "t-mlflow-study")
+    with tracking.run("evaluate") as parent:
+        for m in ("adiff", "baseline"):
+            with tracking.run(f"{m}/evaluate", parent=parent.info.run_id, tags={"model": m}):
+                tracking.log_predictions([{**r, "prediction": f"{m}: {r['id']}"} for r in rows], "predictions/test.json")
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "pairs_per_tier": 1, "scenarios": [
+        {"name": "demo", "predictions": [parent.info.run_id], "dataset": dcfg.dataset.output_dir}]})
+    build_study(cfg, say=lambda m: None)
+    s = load_study(cfg.output_dir)
+    assert s.models == ["adiff", "baseline"] and sorted(it["tier"] for it in s.items) == [1, 2, 3]
+    by_id = {r["id"]: r for r in rows}
+    for it in s.items:
+        src = by_id[it["pair"]]
+        assert [(s.folder / a).read_bytes() for a in it["audio"]] == [Path(a).read_bytes() for a in src["audio"]]
+        assert {o["text"] for o in it["outputs"]} == {f"adiff: {it['pair']}", f"baseline: {it['pair']}"}
+    bad = StudyConfig.model_validate({"output_dir": str(tmp_path / "s2"), "scenarios": [
+        {"name": "demo", "predictions": ["0" * 32]}]})
+    with pytest.raises(StudyError, match=f"MLflow run {'0' * 32}: not found"):
+        build_study(bad, say=lambda m: None)
