@@ -104,3 +104,28 @@ def test_broken_file_message_is_the_build_s(tmp_path):
     with pytest.raises(AudioError) as e:
         read_audio(p)
     assert e.value.reason.startswith("unreadable audio: not decodable by libsndfile")
+
+
+def test_serve_explain_job_names_checkpoints_and_refuses_other_folders(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    import importlib.util
+
+    import uvicorn
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("serve_explain_job", REPO / "jobs" / "serve_explain.py")
+    jobmod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jobmod)
+    run = tmp_path / "runs" / "adiff-demo-adiff-finetune" / "epoch_0001" / "model"
+    run.mkdir(parents=True)
+    assert jobmod.checkpoint_name(run) == "adiff-demo-adiff-finetune"
+    assert jobmod.split_argv([str(run), "serve.port=1", "--config", str(tmp_path)]) == (
+        {"adiff-demo-adiff-finetune": run}, ["serve.port=1", "--config", str(tmp_path)])
+    assert jobmod.cli([str(run)]) == 2
+    assert "is neither an ADIFF model folder (adiff.json)" in capsys.readouterr().err
+    assert jobmod.cli(["serve.port=1"]) == 2
+    assert "name one or more checkpoint folders" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    assert jobmod.cli([str(tiny_checkpoint), "serve.port=8124"]) == 0
+    assert seen == {"host": "127.0.0.1", "port": 8124, "log_level": "warning"}
