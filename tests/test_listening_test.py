@@ -364,7 +364,8 @@ def test_build_from_mlflow_runs_finds_audio_in_the_dataset(tiny_dataset, tmp_pat
     with tracking.run("evaluate") as parent:
         for m in ("adiff", "baseline"):
             with tracking.run(f"{m}/evaluate", parent=parent.info.run_id, tags={"model": m}):
-                tracking.log_predictions([{**r, "prediction": f"{m}: {r['id']}"} for r in rows], "predictions/test.json")
+                tracking.log_predictions([{**r, "prediction": f"{m}: {r['id']}"} for r in rows],
+                                         "predictions/test.json")
     cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "pairs_per_tier": 1, "scenarios": [
         {"name": "demo", "predictions": [parent.info.run_id], "dataset": dcfg.dataset.output_dir}]})
     build_study(cfg, say=lambda m: None)

@@ -149,7 +149,8 @@ PAGE = r"""<!doctype html>
 <style>
  body{font-family:system-ui,sans-serif;max-width:980px;margin:1em auto;padding:0 1em;color:#222}
  details{background:#f4f6f8;padding:.6em 1em;border-radius:6px} .audios{display:flex;gap:2em;margin:1em 0}
- .output{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:.8em 0} .text{font-size:1.05em;margin:.3em 0 .6em}
+ .output{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:.8em 0}
+ .text{font-size:1.05em;margin:.3em 0 .6em}
  .dim{display:inline-block;margin-right:1.5em} .dim label{margin-right:.3em} #status{color:#666;margin-left:1em}
  textarea{width:100%;height:3.5em} nav{margin:1em 0} button{padding:.4em 1.2em;margin-right:.5em}
  .prompt{color:#555;font-style:italic}

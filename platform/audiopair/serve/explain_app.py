@@ -4,7 +4,8 @@ view) out. FastAPI, like the listening test: one HTML page, one JSON endpoint, u
 Generation is the evaluation's own code: an ADIFF folder runs through ``audiopair.evaluate.generate.FileGenerator``
 (the model's recorded front end turns files into log-mels, then the same batched ``Generator.__call__`` that
 ``jobs/evaluate.py`` uses), a finetuned Qwen2-Audio folder through ``QwenGenerator``. The hallucination view is
-``audiopair.evaluate.hallucination`` (``event_probabilities`` + ``hallucination_figure``), as ``evaluate.draw`` draws it.
+``audiopair.evaluate.hallucination`` (``event_probabilities`` + ``hallucination_figure``), drawn as
+``evaluate.draw`` draws it.
 
 Routes:
 
