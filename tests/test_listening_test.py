@@ -82,11 +82,19 @@ def test_build_errors_name_what_is_wrong(tmp_path):
                                       "scenarios": [{"name": "x", "predictions": [str(tmp_path / "nothing")]}]})
     with pytest.raises(StudyError, match="neither a report folder nor an MLflow run id"):
         build_study(cfg, say=lambda m: None)
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "scenarios": [
+        {"name": "x", "predictions": [str(one)]}, {"name": "x", "predictions": [str(one)]}]})
+    with pytest.raises(StudyError, match=r"study.scenarios: names must differ, got \['x', 'x'\]"):
+        build_study(cfg, say=lambda m: None)
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("pair\nsolo-t1-0\n")
     cfg = study_cfg(tmp_path, scenarios=[{"name": "studio", "predictions": [str(tmp_path / "report-solo")],
                                           "pairs": str(pairs)}], models=["adiff", "gpt"])
     with pytest.raises(StudyError, match=r"study.models: \['gpt'\] are not in every scenario"):
+        build_study(cfg, say=lambda m: None)
+    cfg = study_cfg(tmp_path, scenarios=[{"name": "studio", "predictions": [str(tmp_path / "report-studio")],
+                                          "pairs": str(pairs)}])
+    with pytest.raises(StudyError, match=r"study.scenarios\[studio\].pairs: .*pairs.csv has no 'id' column"):
         build_study(cfg, say=lambda m: None)
 
 

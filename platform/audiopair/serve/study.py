@@ -181,6 +181,9 @@ def build_study(cfg: StudyConfig, say=print) -> Path:
     if not cfg.scenarios:
         raise StudyError("study.scenarios is empty: name at least one scenario and its predictions, e.g. "
                          "study.scenarios='[{name: demo, predictions: [work/reports/adiff-demo]}]'")
+    names = [sc.name for sc in cfg.scenarios]
+    if len(set(names)) < len(names):
+        raise StudyError(f"study.scenarios: names must differ, got {names}")
     per_scenario = {sc.name: _scenario_rows(sc) for sc in cfg.scenarios}
     common = set.intersection(*(set(m) for m in per_scenario.values()))
     models = [m for m in cfg.models if m in common] if cfg.models else sorted(common)
