@@ -129,3 +129,19 @@ def test_serve_explain_job_names_checkpoints_and_refuses_other_folders(tmp_path,
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     assert jobmod.cli([str(tiny_checkpoint), "serve.port=8124"]) == 0
     assert seen == {"host": "127.0.0.1", "port": 8124, "log_level": "warning"}
+
+
+def test_batches_go_through_the_evaluation_generator(tiny_checkpoint, tmp_path):
+    """Explainer.explain takes several pairs at once (one batch through FileGenerator, as jobs/evaluate.py
+    batches) and gives each pair the text it gets alone; a broken file in a batch names it."""
+    from audiopair.serve.explain_app import Explainer
+
+    cfg = tiny_config(tmp_path / "unused", "evaluate.decoding.max_new_tokens=6")
+    ex = Explainer(tiny_checkpoint, cfg)
+    a, b, c = (str(wav(tmp_path / f"{n}.wav", 1.0, f)) for n, f in (("a", 200.0), ("b", 900.0), ("c", 3000.0)))
+    prompts = ["Explain the difference in a few words.", "Explain the difference in detail."]
+    both = ex.explain([(a, b), (b, c)], prompts)
+    assert both == [ex.explain([(a, b)], prompts[:1])[0], ex.explain([(b, c)], prompts[1:])[0]]
+    (tmp_path / "bad.wav").write_bytes(b"nope" * 100)
+    with pytest.raises(ValueError, match="bad.wav: unreadable audio"):
+        ex.explain([(a, str(tmp_path / "bad.wav"))], prompts[:1])

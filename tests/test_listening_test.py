@@ -80,7 +80,11 @@ def test_build_errors_name_what_is_wrong(tmp_path):
         build_study(cfg, say=lambda m: None)
     cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"),
                                       "scenarios": [{"name": "x", "predictions": [str(tmp_path / "nothing")]}]})
-    with pytest.raises(StudyError, match="neither a report folder nor an MLflow run id"):
+    with pytest.raises(StudyError, match=f"report folder {tmp_path / 'nothing'} does not exist .*make demo"):
+        build_study(cfg, say=lambda m: None)
+    cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"),
+                                      "scenarios": [{"name": "x", "predictions": ["abc123"]}]})
+    with pytest.raises(StudyError, match="'abc123' is neither a report folder nor an MLflow run id"):
         build_study(cfg, say=lambda m: None)
     cfg = StudyConfig.model_validate({"output_dir": str(tmp_path / "s"), "scenarios": [
         {"name": "x", "predictions": [str(one)]}, {"name": "x", "predictions": [str(one)]}]})

@@ -110,6 +110,9 @@ def load_predictions(source: str, split: str = "test") -> dict[str, list[dict]]:
         return _from_report(p)
     if re.fullmatch(r"[0-9a-f]{32}", source):
         return _from_mlflow(source, split)
+    if "/" in source or os.sep in source:
+        raise StudyError(f"report folder {source} does not exist (the demo's is written by `make demo`, i.e. "
+                         "jobs/train_adiff.py; jobs/evaluate.py writes <work_dir>/reports/<experiment>-evaluate)")
     raise StudyError(f"predictions source {source!r} is neither a report folder nor an MLflow run id")
 
 
