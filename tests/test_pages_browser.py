@@ -28,8 +28,10 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
+    # the fake devices give getUserMedia a beeping microphone and grant it without a prompt (the record buttons)
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300",
-              "--autoplay-policy=no-user-gesture-required"):
+              "--autoplay-policy=no-user-gesture-required", "--use-fake-device-for-media-stream",
+              "--use-fake-ui-for-media-stream"):
         opts.add_argument(a)
     opts.binary_location = str(CHROMIUM)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=opts)
@@ -160,6 +162,19 @@ def test_explain_page_uploads_two_wavs(tmp_path, browser, tiny_checkpoint):
         d.find_element(By.ID, "go").click()
         wait_for(d, lambda drv: drv.find_element(By.ID, "error").text.startswith(
             "audio1: broken.wav: unreadable audio"))
+        # recording: the page turns the microphone's WebM into a WAV upload
+        for rec in ("rec1", "rec2"):
+            d.find_element(By.ID, rec).click()
+            wait_for(d, lambda drv: drv.find_element(By.ID, rec).text == "Stop")
+            time.sleep(1.0)  # a second of the fake microphone's beeps
+            d.find_element(By.ID, rec).click()
+            wait_for(d, lambda drv: drv.find_element(By.ID, rec).get_attribute("data-done") == "1")
+        names = d.execute_script("return [audio1.files[0].name, audio2.files[0].name, audio1.files[0].size]")
+        assert names[:2] == ["audio1-recording.wav", "audio2-recording.wav"] and names[2] > 20_000
+        d.find_element(By.ID, "go").click()
+        wait_for(d, lambda drv: drv.find_element(By.ID, "figure").is_displayed() and not drv.find_element(
+            By.ID, "busy").text, timeout=120)
+        assert d.find_element(By.ID, "error").text == ""
     finally:
         server.should_exit = True
         thread.join(30)

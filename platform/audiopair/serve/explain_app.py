@@ -9,7 +9,8 @@ Generation is the evaluation's own code: an ADIFF folder runs through ``audiopai
 
 Routes:
 
-- ``GET /``: the page (upload two files or pick two examples, a checkpoint, a tier prompt or free text).
+- ``GET /``: the page (upload or record two audios, or pick two examples; a checkpoint; a tier prompt or free
+  text). A recording is turned into a WAV in the browser and sent like an upload.
 - ``POST /api/explain`` (multipart): ``checkpoint``, ``prompt``, ``audio1`` / ``audio2`` files or ``example1`` /
   ``example2`` names. 200 ``{explanation, figure, checkpoint, prompt}`` (``figure``: a PNG data URI or null);
   413 for a file over ``serve.max_upload_mb`` or ``serve.max_seconds``; 422 for an unreadable file, with the
@@ -187,8 +188,10 @@ PAGE = r"""<!doctype html>
 <h1>Explain the difference between two audios</h1>
 <form id="form">
 <fieldset><legend>Audio 1</legend><input type="file" name="audio1" id="audio1" accept="audio/*">
+ <button type="button" class="rec" data-for="audio1" id="rec1">Record</button>
  or example <select name="example1" id="example1" class="examples"><option value=""></option></select></fieldset>
 <fieldset><legend>Audio 2</legend><input type="file" name="audio2" id="audio2" accept="audio/*">
+ <button type="button" class="rec" data-for="audio2" id="rec2">Record</button>
  or example <select name="example2" id="example2" class="examples"><option value=""></option></select></fieldset>
 <p><small>WAV, FLAC, OGG or MP3, __LIMITS__.</small></p>
 <fieldset><legend>Model and question</legend>
@@ -207,6 +210,38 @@ fetch("/api/examples").then(r => r.json()).then(d => {
   for (const sel of document.querySelectorAll(".examples"))
     for (const e of d.examples) { const o = document.createElement("option"); o.textContent = e; sel.appendChild(o); }
 });
+// Recording: the browser's MediaRecorder gives WebM/Opus, which libsndfile cannot read, so the page decodes it
+// (Web Audio) and hands the server a 16-bit mono WAV through the same file input an upload uses.
+function wavBlob(buf) {
+  const x = buf.getChannelData(0), n = x.length, sr = buf.sampleRate, v = new DataView(new ArrayBuffer(44 + 2 * n));
+  const str = (o, t) => { for (let i = 0; i < t.length; i++) v.setUint8(o + i, t.charCodeAt(i)); };
+  str(0, "RIFF"); v.setUint32(4, 36 + 2 * n, true); str(8, "WAVEfmt "); v.setUint32(16, 16, true);
+  v.setUint16(20, 1, true); v.setUint16(22, 1, true); v.setUint32(24, sr, true); v.setUint32(28, 2 * sr, true);
+  v.setUint16(32, 2, true); v.setUint16(34, 16, true); str(36, "data"); v.setUint32(40, 2 * n, true);
+  for (let i = 0; i < n; i++) v.setInt16(44 + 2 * i, Math.max(-1, Math.min(1, x[i])) * 32767, true);
+  return new Blob([v], {type: "audio/wav"});
+}
+for (const btn of document.querySelectorAll(".rec")) {
+  let rec = null, chunks = [];
+  btn.onclick = async () => {
+    if (rec) { rec.stop(); return; }
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+      rec = new MediaRecorder(stream); chunks = [];
+      rec.ondataavailable = (e) => chunks.push(e.data);
+      rec.onstop = async () => {
+        stream.getTracks().forEach(t => t.stop()); rec = null; btn.textContent = "Record";
+        const ctx = new AudioContext();
+        const buf = await ctx.decodeAudioData(await new Blob(chunks).arrayBuffer());
+        const dt = new DataTransfer();
+        dt.items.add(new File([wavBlob(buf)], `${btn.dataset.for}-recording.wav`, {type: "audio/wav"}));
+        $(btn.dataset.for).files = dt.files;
+        btn.dataset.done = "1";
+      };
+      rec.start(); btn.textContent = "Stop"; delete btn.dataset.done;
+    } catch (e) { $("error").textContent = "recording failed: " + e.message; }
+  };
+}
 $("form").onsubmit = async (ev) => {
   ev.preventDefault();
   const fd = new FormData($("form"));
