@@ -1,9 +1,11 @@
 """Both pages in a real browser (Selenium driving Debian's chromium, headless): rate three items, reload, find the
 ratings again, finish, and check the database; upload two WAVs to the explain page and get an explanation and a
-hallucination view. Screenshots go to docs/screenshots/ (the README shows them)."""
+hallucination view. Screenshots go to work/test-screenshots/ each run, and to docs/screenshots/ (the README's) when
+missing there or with UPDATE_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -15,7 +17,8 @@ import pytest
 from conftest import REPO, tiny_config
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SHOTS = REPO / "docs" / "screenshots"
+ARTEFACTS = REPO / "work" / "test-screenshots"  # every run's screenshots (git-ignored)
+SHOTS = REPO / "docs" / "screenshots"  # the README's: written when missing or with UPDATE_SCREENSHOTS=1
 
 pytestmark = [pytest.mark.skipif(not (CHROMIUM.is_file() and DRIVER.is_file()),
                                  reason="needs Debian's chromium and chromium-driver (scripts/install_chromium.sh)"),
@@ -55,6 +58,16 @@ def serve(app):
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
     return f"http://127.0.0.1:{port}", server, thread
+
+
+def keep_screenshot(src: Path, name: str) -> None:
+    """Copy a screenshot to the test artefacts, and to docs/screenshots when it is missing there or asked for
+    (pixels differ run to run, so refreshing the README's on every run would leave the tree changed)."""
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, ARTEFACTS / name)
+    if not (SHOTS / name).exists() or os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, SHOTS / name)
 
 
 def wait_for(driver, cond, timeout=60):
@@ -104,7 +117,6 @@ def test_listening_page_rates_resumes_and_finishes(tmp_path, browser):
                 wait_for(d, lambda drv: drv.find_element(By.ID, "status").text == "saved")
             if n < 2:
                 d.find_element(By.ID, "next").click()
-        SHOTS.mkdir(parents=True, exist_ok=True)
         d.save_screenshot(str(tmp_path / "listening.png"))
         # a closed browser: reload, land on the last item, and every rating is still checked
         d.refresh()
@@ -129,7 +141,7 @@ def test_listening_page_rates_resumes_and_finishes(tmp_path, browser):
     assert stored == want and len(stored) == 3 * 2 * 3
     assert store.progress("ann")[1] is not None  # finished
     assert store.comments("ann") == {study.items[1]["id"]: "the second audio is louder"}
-    shutil.copyfile(tmp_path / "listening.png", SHOTS / "listening_test.png")
+    keep_screenshot(tmp_path / "listening.png", "listening_test.png")
 
 
 def test_explain_page_uploads_two_wavs(tmp_path, browser, tiny_checkpoint):
@@ -178,5 +190,4 @@ def test_explain_page_uploads_two_wavs(tmp_path, browser, tiny_checkpoint):
     finally:
         server.should_exit = True
         thread.join(30)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tmp_path / "explain.png", SHOTS / "explain.png")
+    keep_screenshot(tmp_path / "explain.png", "explain.png")
