@@ -367,6 +367,8 @@ def test_job_builds_refuses_reports_and_serves(tmp_path, capsys, monkeypatch):
 def test_build_from_mlflow_runs_finds_audio_in_the_dataset(tiny_dataset, tmp_path):
     """Predictions tables logged as jobs/evaluate.py logs them (child runs <model>/evaluate, no audio column): the
     study takes the texts from MLflow and each id's audio files from the dataset's manifests."""
+    import mlflow
+
     from audiopair import tracking
     from audiopair.evaluate.run import split_examples
 
@@ -388,6 +390,18 @@ def test_build_from_mlflow_runs_finds_audio_in_the_dataset(tiny_dataset, tmp_pat
         src = by_id[it["pair"]]
         assert [(s.folder / a).read_bytes() for a in it["audio"]] == [Path(a).read_bytes() for a in src["audio"]]
         assert {o["text"] for o in it["outputs"]} == {f"adiff: {it['pair']}", f"baseline: {it['pair']}"}
+    # its report lands next to the evaluation runs, even with another experiment active
+    from audiopair.serve.report import log_report, make_report, write_report
+    from audiopair.serve.store import RatingStore, default_url
+
+    store = RatingStore(default_url(s.folder), s.fingerprint)
+    store.rate_many([{"rater": "r", "item": it["id"], "output": o["key"], "dimension": "cor", "score": 4}
+                     for it in s.items for o in it["outputs"]])
+    rep = make_report(s, store.ratings(), n_boot=100)
+    tracking.setup(tmp_path / "work", "elsewhere")
+    run_id = log_report(rep, s, write_report(rep, s, s.folder / "report"))
+    client = mlflow.tracking.MlflowClient()
+    assert client.get_run(run_id).info.experiment_id == parent.info.experiment_id
     bad = StudyConfig.model_validate({"output_dir": str(tmp_path / "s2"), "scenarios": [
         {"name": "demo", "predictions": ["0" * 32]}]})
     with pytest.raises(StudyError, match=f"MLflow run {'0' * 32}: not found"):

@@ -173,13 +173,33 @@ def write_report(rep: Report, study: Study, folder: str | Path) -> dict[str, Pat
     return paths
 
 
+def _source_experiment(sources: dict[str, list[str]]) -> str | None:
+    """The experiment of the first evaluation run the study was built from (None for report folders)."""
+    import re
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for src in (x for xs in sources.values() for x in xs):
+        if re.fullmatch(r"[0-9a-f]{32}", src):
+            try:
+                return mlflow.tracking.MlflowClient().get_run(src).info.experiment_id
+            except MlflowException:
+                continue
+    return None
+
+
 def log_report(rep: Report, study: Study, paths: dict[str, Path]) -> str:
-    """An MLflow run ``listening-test/<study>`` in the active experiment; returns its run id."""
+    """An MLflow run ``listening-test/<study>``, next to the evaluation runs: in the experiment of the first
+    source run when the study was built from MLflow runs, else in the active experiment. Returns its run id."""
     import mlflow
 
     from audiopair import tracking
 
     sources = json.loads((study.folder / "study.json").read_text()).get("sources", {})
+    experiment = _source_experiment(sources)
+    if experiment is not None:
+        mlflow.set_experiment(experiment_id=experiment)
     tags = {"job": "listening_test", "study": study.name, "fingerprint": study.fingerprint,
             "sources": json.dumps(sources)[:5000]}
     with tracking.run(f"listening-test/{study.name}", tags=tags) as run:
