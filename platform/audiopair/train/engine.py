@@ -276,6 +276,13 @@ def local_dir(ref) -> Path:
     return _LOCAL[key]
 
 
+def checkpoint_uri(ckpt) -> str:
+    """Where a ``ray.train.Checkpoint`` lies, as a URI others can read: ``s3://...`` / ``gs://...``, or its local
+    path."""
+    kind = ckpt.filesystem.type_name
+    return ckpt.path if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{ckpt.path}"
+
+
 def storage_uri(train_cfg) -> str:
     """``train.storage_path`` as Ray Train takes it: a URI as is, a local folder made absolute."""
     storage = train_cfg.storage_path
