@@ -55,7 +55,8 @@ def main(run: job.Job) -> int:
     with tracking.run(ft.run_name, tags={"job": "finetune_qwen2_audio", "method": ft.method},
                       system_metrics=cfg.train.system_metrics) as parent:
         tracking.log_config(cfg)
-        ckpt, metrics, result = finetune_qwen2_audio(cfg, say)
+        spec = tracking.worker_system_metrics() if cfg.train.system_metrics else None
+        ckpt, metrics, result = finetune_qwen2_audio(cfg, say, {"system_metrics": spec} if spec else None)
         if result is not None:
             tracking.log_epochs(result)
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()

@@ -93,6 +93,31 @@ def test_a_stage_run_holds_its_model_and_system_metrics(on_server, tiny_checkpoi
     assert not any(k.startswith("system/") for k in quiet.data.metrics)  # the off switch
 
 
+def test_the_rank0_worker_charts_its_own_machine_into_the_stage_run(on_server, tiny_dataset, tmp_path):
+    """A real one-worker Ray Train stage: with a tracking server the driver hands rank 0 the run, and MLflow's
+    monitor in the worker logs ``system/rank0/...`` (on a cluster: the GPU node, not the head node)."""
+    from audiopair.train.adiff import make_recipe
+    from audiopair.train.engine import fit
+    from test_train import _setup
+
+    cfg, extra = _setup(tiny_dataset, tmp_path, "train.num_workers=1", "train.val_limit=16",
+                        "train.stages=[{name: finetune, epochs: 1, lr: 0.003}]")
+    tracking.setup(tmp_path / "work", "hub-rank0")
+    mlflow.system_metrics.set_system_metrics_sampling_interval(0.05)
+    try:
+        with tracking.run("stage") as stage:  # no monitor on the driver: what is charted comes from the worker
+            spec = tracking.worker_system_metrics()
+            assert spec["run_id"] == stage.info.run_id and spec["interval"] == 0.05
+            res = fit(make_recipe, cfg.train, "finetune", "rank0-run",
+                      extra={**extra, "stage": "finetune", "system_metrics": spec})
+    finally:
+        mlflow.system_metrics.set_system_metrics_sampling_interval(None)
+    assert res.error is None
+    metrics = mlflow.MlflowClient().get_run(stage.info.run_id).data.metrics
+    assert "system/rank0/cpu_utilization_percentage" in metrics
+    assert not any(k.startswith("system/cpu") for k in metrics)
+
+
 def _evaluate_job():
     spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
     mod = importlib.util.module_from_spec(spec)
@@ -156,6 +181,7 @@ def test_reference_mode_logs_where_the_model_lies(tiny_checkpoint, tmp_path):
     tracking.setup(tmp_path / "work", "hub-ref")
     with tracking.run("big") as big:
         assert tracking.has_artifact_store()  # sqlite: artifacts beside the database
+        assert tracking.worker_system_metrics() is None  # workers write to no local store file
         assert tracking.log_model(tiny_checkpoint, "reference") == "reference"
     client = mlflow.MlflowClient()
     assert [a.path for a in client.list_artifacts(big.info.run_id, "model")] == ["model/reference.json"]

@@ -109,6 +109,33 @@ def log_predictions(rows: list[dict], artifact_file: str) -> None:
     mlflow.log_table(data=table, artifact_file=artifact_file)
 
 
+def worker_system_metrics() -> dict | None:
+    """What a training run's rank-0 worker needs to chart its own machine into the active run (``system/rank0/...``;
+    the driver's node is ``system/...``): only with a tracking server, which a cluster's workers can reach. A local
+    store is a file on the driver's machine (and its workers share that machine's charts). See
+    ``start_system_metrics``."""
+    from mlflow.environment_variables import MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http:", "https:")) or mlflow.active_run() is None:
+        return None
+    return {"run_id": mlflow.active_run().info.run_id, "tracking_uri": uri, "node_id": "rank0",
+            "interval": MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL.get() or 10}
+
+
+def start_system_metrics(spec: dict | None):
+    """In a worker: MLflow's system-metrics monitor for ``spec`` (``worker_system_metrics()``), started; call
+    ``.finish()`` on it at the end (it also stops by itself when the run ends). None without a spec."""
+    if not spec:
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(spec["run_id"], sampling_interval=spec["interval"], node_id=spec["node_id"],
+                                   tracking_uri=spec["tracking_uri"], resume_logging=True)
+    monitor.start()
+    return monitor
+
+
 # ---------------------------------------------------------------------------------------------------- models
 def has_artifact_store() -> bool:
     """Whether the active run's artifacts land where every user of the tracking server can fetch them: a store the
