@@ -197,6 +197,24 @@ def test_reference_mode_logs_where_the_model_lies(tiny_checkpoint, tmp_path):
         tracking.register_model(str(tiny_checkpoint), "x")
 
 
+def test_the_job_finds_each_variants_final_model(tiny_checkpoint, tmp_path):
+    """train_adiff's run tree (job → variant → stage) read back: the model of each variant's last stage."""
+    from audiopair.train.adiff import final_model_uris
+
+    tracking.setup(tmp_path / "work", "hub-tree")
+    stage_ids = {}
+    with tracking.run("job") as job:
+        for variant in ("adiff", "language_only"):
+            with tracking.run(variant, parent=job.info.run_id, tags={"variant": variant}) as vrun:
+                for stage in ("grounding", "finetune"):
+                    with tracking.run(f"{variant}-{stage}", parent=vrun.info.run_id, tags={"stage": stage}) as srun:
+                        if variant == "adiff":  # language_only's stages logged no model
+                            tracking.log_model(tiny_checkpoint, "reference")
+                        stage_ids[variant, stage] = srun.info.run_id
+    assert final_model_uris(job.info.run_id, ["adiff", "language_only"], "finetune") == \
+        {"adiff": f"runs:/{stage_ids['adiff', 'finetune']}/model"}
+
+
 def test_metric_unavailable_is_said_once_per_job(caplog):
     from audiopair.evaluate import score
 
