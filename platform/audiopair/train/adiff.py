@@ -153,8 +153,9 @@ def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, 
         say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
     with tracking.run(label, parent=parent, tags={"stage": stage_name}, system_metrics=tc.system_metrics):
         mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
-        if tc.system_metrics and tracking.worker_system_metrics():
-            extra = {**extra, "system_metrics": tracking.worker_system_metrics()}
+        spec = tracking.worker_system_metrics() if tc.system_metrics else None
+        if spec:  # rank 0 charts its own machine too
+            extra = {**extra, "system_metrics": spec}
         ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
         if result is not None:
             tracking.log_epochs(result)
