@@ -9,9 +9,10 @@
         evaluate.classify='[{name: gtzan, csv: /data/gtzan/test.csv}, {name: vocalsound, csv: /data/vs/test.csv}]'
 
 A checkpoint is a model folder or a model in MLflow (``models:/name/version``, ``models:/name@alias``,
-``runs:/<id>/model``), downloaded once into ``<work_dir>/models/mlflow/``. Each model gets an MLflow child run (metrics ``<dataset>/<task>/<tier>/<metric>``, ``scores.json``, predictions
-table); the parent run holds the side-by-side report (``report.md`` / ``report.html``), also written to
-``<work_dir>/reports/<experiment>-evaluate/``. Examples whose audio features are missing are skipped and counted.
+``runs:/<id>/model``), downloaded once into ``<work_dir>/models/mlflow/``. Each model gets an MLflow child run
+(metrics ``<dataset>/<task>/<tier>/<metric>``, ``scores.json``, predictions table); the parent run holds the
+side-by-side report (``report.md`` / ``report.html``), also written to ``<work_dir>/reports/<experiment>-evaluate/``.
+Examples whose audio features are missing are skipped and counted.
 ``evaluate.classify`` adds downstream classification accuracy (ACC Table 3) over ``path,label`` CSVs (or ``csv:
 demo``): metrics ``<set>/classify/all/accuracy``, a confusion matrix and predictions per set; unreadable audio files
 are skipped and counted.
