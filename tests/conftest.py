@@ -110,9 +110,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path):
+def mlflow_server(folder: Path, serve_artifacts: bool = True):
     """A real ``mlflow server`` on loopback (SQLite backend, artifacts proxied into ``folder/server-artifacts``, as
-    the Helm chart's server proxies S3); yields its URL, stops it afterwards."""
+    the Helm chart's server proxies S3); yields its URL, stops it afterwards. ``serve_artifacts=False``: a server
+    without an artifact store, handing clients the plain path ``folder/client-artifacts``."""
     import subprocess
     import sys
     import time
@@ -121,8 +122,9 @@ def mlflow_server(folder: Path):
     url = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-         str(folder / "server-artifacts"), "--workers", "1"],
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--workers", "1",
+         *(["--artifacts-destination", str(folder / "server-artifacts")] if serve_artifacts else
+           ["--no-serve-artifacts", "--default-artifact-root", str(folder / "client-artifacts")])],
         cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

@@ -197,6 +197,18 @@ def test_reference_mode_logs_where_the_model_lies(tiny_checkpoint, tmp_path):
         tracking.register_model(str(tiny_checkpoint), "x")
 
 
+def test_auto_logs_a_reference_when_the_server_has_no_artifact_store(tiny_checkpoint, tmp_path, monkeypatch):
+    """A server that hands out plain paths has no store: uploading would only copy into this machine's disk."""
+    with mlflow_server(tmp_path, serve_artifacts=False) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        tracking.setup(tmp_path / "work", "hub-no-store")
+        with tracking.run("big") as big:
+            assert not tracking.has_artifact_store()
+            assert tracking.log_model(tiny_checkpoint, "auto") == "reference"
+        assert [p.name for p in (tmp_path / "client-artifacts").rglob("*") if p.is_file()] == ["reference.json"]
+        assert tracking.resolve_model(f"runs:/{big.info.run_id}/model", tmp_path / "cache") == tiny_checkpoint.resolve()
+
+
 def test_the_job_finds_each_variants_final_model(tiny_checkpoint, tmp_path):
     """train_adiff's run tree (job → variant → stage) read back: the model of each variant's last stage."""
     from audiopair.train.adiff import final_model_uris
