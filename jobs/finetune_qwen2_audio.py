@@ -5,7 +5,8 @@
     python jobs/finetune_qwen2_audio.py --config jobs/configs/qwen_ac_acc.yaml finetune.method=full
 
 Builds the dataset when it is missing, trains on Ray Train + DeepSpeed (ZeRO-2 for LoRA, ZeRO-3 for full), logs
-parameters, per-epoch loss / learning rate / tokens per second and the adapter to MLflow, optionally merges the
+parameters, per-epoch loss / learning rate / tokens per second, system metrics and the model folder (``model/``: the
+adapter for LoRA) to MLflow, registers it (``train.register_as``, default ``finetune.run_name``), optionally merges the
 adapter into a standalone model (``finetune.merge=true``), then generates for ``finetune.evaluate_tasks`` on
 ``evaluate.split`` and scores it like jobs/evaluate.py. Re-running with the same ``finetune.run_name`` resumes.
 """
@@ -17,7 +18,7 @@ import mlflow
 
 from audiopair import job, tracking
 from audiopair.data.manifest import read_manifest
-from audiopair.train.engine import local_dir
+from audiopair.train.engine import checkpoint_uri, local_dir
 
 
 def ensure_base(cfg, say) -> None:
@@ -51,9 +52,11 @@ def main(run: job.Job) -> int:
     from audiopair.train.qwen import finetune_qwen2_audio
 
     run.start_mlflow()
-    with tracking.run(ft.run_name, tags={"job": "finetune_qwen2_audio", "method": ft.method}) as parent:
+    with tracking.run(ft.run_name, tags={"job": "finetune_qwen2_audio", "method": ft.method},
+                      system_metrics=cfg.train.system_metrics) as parent:
         tracking.log_config(cfg)
-        ckpt, metrics, result = finetune_qwen2_audio(cfg, say)
+        spec = tracking.worker_system_metrics() if cfg.train.system_metrics else None
+        ckpt, metrics, result = finetune_qwen2_audio(cfg, say, {"system_metrics": spec} if spec else None)
         if result is not None:
             tracking.log_epochs(result)
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
@@ -62,16 +65,21 @@ def main(run: job.Job) -> int:
         mlflow.set_tag("checkpoint", str(model_dir))
         say(f"[{ft.run_name}] train loss {metrics.get('train_loss', float('nan')):.3f}, "
             f"val loss {metrics.get('val_loss', float('nan')):.3f}, {metrics.get('tokens_per_s', 0):.0f} tokens/s")
-        if ft.method == "lora":
-            mlflow.log_artifacts(str(model_dir), "adapter")  # adapter + processor: a few MB at r 8
-            if ft.merge:
-                merged = merge_lora(model_dir, Path(cfg.work_dir) / "models" / f"{ft.run_name}-merged")
-                mlflow.set_tag("merged_model", str(merged))
-                say(f"merged base + adapter into {merged}")
+        # LoRA: adapter + processor, a few MB at r 8; full: the whole model (train.model_artifacts decides)
+        tracking.log_model(model_dir, cfg.train.model_artifacts, source=f"{checkpoint_uri(ckpt)}/model")
+        if ft.method == "lora" and ft.merge:
+            merged = merge_lora(model_dir, Path(cfg.work_dir) / "models" / f"{ft.run_name}-merged")
+            mlflow.set_tag("merged_model", str(merged))
+            tracking.log_model(merged, cfg.train.model_artifacts, artifact_path="merged")
+            say(f"merged base + adapter into {merged}")
         ev = cfg.evaluate.model_copy(update={"tasks": ft.evaluate_tasks})
         results, md = evaluate_models({ft.run_name: model_dir}, cfg.model_copy(update={"evaluate": ev}),
                                       Path(cfg.work_dir) / "reports" / ft.run_name,
                                       f"{ft.run_name} on {cfg.dataset.name}/{ev.split}", say)
+        if cfg.train.register_models:
+            v = tracking.register_model(f"runs:/{parent.info.run_id}/model", cfg.train.register_as or ft.run_name,
+                                        tags=results[0].score_tags(cfg.dataset.name))
+            say(f"[{ft.run_name}] registered as models:/{v.name}/{v.version}")
         mlflow.log_metric("job_seconds", run.seconds())
     for task in ev.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{ev.split}\n" + comparison_table(results, task, ev.metrics))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def tiny_config(out_dir, *extra: str):
 # files at the start, the first and third to one, so the ten-minute demo job is paired with a quick file and the
 # other worker starts on the long Ray Train files; the rest go to whichever worker is free.
 SLOW_FIRST = ["test_demo_job.py", "test_qwen2_audio.py", "test_audio.py", "test_train.py", "test_sweep.py",
-              "test_adiff_job.py"]
+              "test_reference_adiff.py", "test_adiff_job.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -98,3 +99,43 @@ def _no_inherited_mlflow_uri(monkeypatch):
     the environment, and a job a test starts as a subprocess would take it for the user's server. Tests that want
     one set it themselves."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, serve_artifacts: bool = True):
+    """A real ``mlflow server`` on loopback (SQLite backend, artifacts proxied into ``folder/server-artifacts``, as
+    the Helm chart's server proxies S3); yields its URL, stops it afterwards. ``serve_artifacts=False``: a server
+    without an artifact store, handing clients the plain path ``folder/client-artifacts``."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--workers", "1",
+         *(["--artifacts-destination", str(folder / "server-artifacts")] if serve_artifacts else
+           ["--no-serve-artifacts", "--default-artifact-root", str(folder / "client-artifacts")])],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not come up"
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

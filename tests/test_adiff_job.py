@@ -16,7 +16,7 @@ from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples
 from audiopair.train.engine import micro_batches
 from audiopair.train.pretrain import clip_labels, label_names, make_encoder_recipe, make_lm_recipe, train_corpus
-from conftest import REPO, TINY
+from conftest import REPO, TINY, mlflow_server
 from test_train import TINY_MODEL
 
 
@@ -182,40 +182,16 @@ def test_evaluation_logs_to_mlflow_and_reports(tiny_dataset, checkpoint, tmp_pat
     assert len(preds[0]["audio"]) == 2 and all(Path(a).is_file() for a in preds[0]["audio"])
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_evaluate_job_logs_to_a_real_mlflow_server(tiny_dataset, checkpoint, tmp_path):
     """`mlflow server` on loopback; jobs/evaluate.py logs to it through MLFLOW_TRACKING_URI; the metrics come back
     over the REST API."""
     import os
     import subprocess
     import sys
-    import time
     import urllib.request
 
     dcfg, _ = tiny_dataset
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
-         str(tmp_path / "server-artifacts"), "--workers", "1"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not come up"
-                time.sleep(1)
+    with mlflow_server(tmp_path) as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url}
         bad = subprocess.run([sys.executable, str(REPO / "jobs" / "evaluate.py"),
                               f"evaluate.checkpoints={{m: {tmp_path / 'nothing'}}}"], env=env, capture_output=True,
@@ -245,9 +221,6 @@ def test_evaluate_job_logs_to_a_real_mlflow_server(tiny_dataset, checkpoint, tmp
         assert metrics["demo/adiff/all/cider_d"] == pytest.approx(
             scores["tiny"]["reports"]["adiff"]["all"]["values"]["cider_d"])
         assert any((tmp_path / "server-artifacts").rglob("scores.json"))  # artifacts went through the server
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_bad_records_and_missing_audio_are_skipped_and_counted(tiny_dataset, checkpoint, tmp_path):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from conftest import REPO
 
@@ -51,3 +52,21 @@ def test_demo_job_trains_and_adiff_beats_language_only(tmp_path):
     assert evaluated["demo/adiff/tier1/cider_d"] == cider["adiff"]["tier1"]
     history = client.get_metric_history(runs["adiff-finetune"].info.run_id, "val_loss")
     assert len(history) == 2 and history[-1].value < history[0].value  # finetuning kept learning
+
+    # MLflow as the hub: the final model is the finetune run's artifacts, registered with its scores; the stage runs
+    # (minutes long, sampled every 10 s) have their system-metric charts
+    finetune = runs["adiff-finetune"]
+    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(finetune.info.run_id, "model")}
+    version = client.get_model_version("adiff-demo-adiff", "1")
+    assert version.run_id == finetune.info.run_id
+    assert float(version.tags["demo/adiff/all/cider_d"]) == pytest.approx(cider["adiff"]["all"], abs=1e-4)
+    assert "system/cpu_utilization_percentage" in finetune.data.metrics
+
+    # downstream classification of isolated event clips: ADIFF captions them ("Caption the first audio.", what it
+    # was trained on) and the caption is mapped onto the 20 event labels; it must beat a uniform guess
+    cls = {m: scores[m]["classify"]["demo_events"] for m in ("adiff", "language_only")}
+    print("demo_events accuracy", {m: c["accuracy"] for m, c in cls.items()}, "chance", 1 / len(cls["adiff"]["labels"]))
+    assert cls["adiff"]["prompt"] == "Caption the first audio."
+    assert 0 <= cls["adiff"]["accuracy"] <= 1
+    # Not asserted: above chance. The demo model captions every isolated event clip alike (5.0% of 40, chance 5%,
+    # DEVELOPERS.md "classification through captioning"); issue 20 stays open on it rather than tune the demo.

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from audiopair.config import ClassifyConfig
-from audiopair.evaluate.classify import demo_label_csv, demo_labels, map_to_label
-from audiopair.evaluate.downstream import (AudioGenerator, ClassifySetupError, classify_checkpoint, prepare,
-                                           prepare_all)
+from audiopair.evaluate.classify import classification_prompt, demo_label_csv, demo_labels, map_to_label
+from audiopair.evaluate.downstream import (CAPTION_PROMPT, AudioGenerator, ClassifySetupError, classify_checkpoint,
+                                           prepare, prepare_all)
 from audiopair.evaluate.generate import SILENCE_DB, stack_mels
 from conftest import REPO, TINY, tiny_config
 
@@ -90,6 +90,7 @@ def test_scripted_answers_give_the_hand_computed_accuracy(label_csv, tmp_path, m
     def texts(self, inputs, prompts, ids):
         m1, m2 = (stack_mels(list(m)) for m in zip(*inputs))
         assert m1.shape == (len(prompts), 64, 201) and torch.equal(m1, m2)  # 2 s at a 10 ms hop, same clip twice
+        assert set(prompts) == {CAPTION_PROMPT}  # not an ADIFF/Qwen folder: asked as a prefix model
         kinds, self.seen = self.seen[: len(prompts)], self.seen[len(prompts):]
         return [ANSWERS.get(k, k.replace("_", " ")) for k in kinds]
 
@@ -137,9 +138,31 @@ def test_real_model_classifies_in_batches(label_csv, tiny_checkpoint, tmp_path):
     assert a.report["correct"] == right and a.accuracy == pytest.approx(right / 21)
     assert sum(a.report["methods"].values()) == 21
     assert (tmp_path / "a.png").stat().st_size > 5_000
-    assert a.notes and "model.prompt_len" in a.notes[0]  # 20 labels do not fit the tiny model's 16 prompt tokens
+    assert a.prompt == CAPTION_PROMPT and not a.notes  # a prefix model is asked what it was trained on
+    question = cc.model_copy(update={"prompt": classification_prompt(demo_labels()), "limit": 2})
+    q = classify_checkpoint(tiny_checkpoint, ds, question)  # the config's own prompt: asked as it is
+    assert q.notes and "model.prompt_len" in q.notes[0]  # 20 labels do not fit the tiny model's 16 prompt tokens
     with pytest.raises(FileNotFoundError, match="no-model"):  # a missing checkpoint names itself
         classify_checkpoint(tmp_path / "no-model", ds, cc)
+
+
+def test_prefix_models_caption_instruction_models_answer_the_label_question(label_csv, tmp_path):
+    """ADIFF-style models read 16 prompt tokens and were trained on position captioning, so they are asked for a
+    caption, which the bank's phrases map onto the labels; Qwen2-Audio folders get the label question."""
+    from audiopair.models.qwen2_audio import META
+
+    ds = _dataset(tmp_path)
+    qwen, adiff = tmp_path / "qwen", tmp_path / "adiff"
+    qwen.mkdir()
+    (qwen / META).write_text("{}")
+    s = prepare(ClassifyConfig(name="ev", csv="demo", per_kind=1), ds, tmp_path)
+    assert s.prompt_for(qwen) == classification_prompt(s.labels) and s.prompt_for(adiff) == "Caption the first audio."
+    own = prepare(ClassifyConfig(name="ev", csv=str(label_csv), prompt="What is it?"), ds, tmp_path)
+    assert own.prompt_for(qwen) == own.prompt_for(adiff) == "What is it?"
+    # captions as the demo model writes them (the bank's phrasings) land on the event's label
+    for caption, label in [("A bell ringing over steady rain.", "bell"), ("Someone knocking in a quiet room.", "knock"),
+                           ("Distant thunder.", "thunder"), ("A dripping tap and a passing car.", "drip")]:
+        assert map_to_label(caption, s.labels, s.synonyms)[0] == label, caption
 
 
 def _job():

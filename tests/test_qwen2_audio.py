@@ -201,8 +201,11 @@ def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_data
     assert run.data.metrics["final_val_loss"] < math.log(vocab) - 0.3  # ... below a uniform guess
     assert run.data.metrics["final_tokens_per_s"] > 0 and run.data.params["finetune.lora.r"] == "8"
     assert len(client.get_metric_history(run.info.run_id, "lr")) == 2
-    adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
-    assert "adapter/adapter_model.safetensors" in adapter and "adapter/model.safetensors" not in adapter
+    adapter = {a.path for a in client.list_artifacts(run.info.run_id, "model")}  # the adapter is the model folder
+    assert "model/adapter_model.safetensors" in adapter and "model/model.safetensors" not in adapter
+    assert "merged/model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "merged")}
+    version = client.get_model_version("qwen-test", "1")  # registered under finetune.run_name, with its scores
+    assert version.run_id == run.info.run_id and "demo/ac/all/cider_d" in version.tags
     model_dir = Path(run.data.tags["checkpoint"])
     assert (model_dir / "adapter_model.safetensors").is_file()
     merged = Path(run.data.tags["merged_model"])
@@ -216,6 +219,7 @@ def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_data
     runs = client.search_runs([run.info.experiment_id], "attributes.run_name = 'qwen-test'")
     assert len(runs) == 2 and not client.get_metric_history(runs[0].info.run_id, "train_loss")
     assert runs[0].data.tags["checkpoint"] == str(model_dir)
+    assert client.get_model_version("qwen-test", "2").run_id == runs[0].info.run_id
 
 
 def test_full_finetune_zero3_on_two_workers_saves_the_whole_gathered_model(tiny_dataset, base, tmp_path):

@@ -176,6 +176,8 @@ def test_sweep_asha_interrupt_resume_mlflow_table_and_figure(tiny_dataset, tmp_p
     good = next(k for k in kids if k.data.tags["trial_id"] == by["tiny-a", 0.003]["trial_id"])
     assert [m.step for m in client.get_metric_history(good.info.run_id, "val_loss")] == [1, 2]
     assert good.data.metrics["demo/adiff/tier1/bleu_4"] == by["tiny-a", 0.003]["scores"]["tier1"]["bleu_4"]
+    assert good.data.tags["model_uri"] == f"runs:/{good.info.run_id}/model"  # each trial's model, in its run
+    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(good.info.run_id, "model")}
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == {"report/table5.md", "report/figure4.png", "report/trials.json"}
 

@@ -333,6 +333,13 @@ class TrainConfig(Section):
     # the frozen encoder's embeddings are computed once per variant before its stages: 0 in the job's process,
     # N on a Ray Data pool of N actors (one GPU each when use_gpu)
     embedding_actors: int = Field(0, ge=0)
+    # each finished stage's model folder in MLflow (its run's ``model/`` artifacts): upload copies it, reference
+    # logs only where it lies (storage_path), auto uploads when the tracking server has an artifact store (a local
+    # store always has: sqlite's artifacts lie beside it)
+    model_artifacts: Literal["auto", "upload", "reference"] = "auto"
+    register_models: bool = True  # the final model of each variant goes into the Model Registry
+    register_as: str | None = None  # its registered name (train_adiff adds -<variant>); None: the run name
+    system_metrics: bool = True  # MLflow's CPU / memory / disk / network (and GPU) charts on the training runs
     unimodal: UnimodalConfig = UnimodalConfig()
     stages: list[StageConfig] = [
         StageConfig(name="grounding", epochs=30, lr=1e-4),
@@ -464,7 +471,9 @@ class ClassifyConfig(Section):
     label_column: str = "label"
     labels: list[str] | None = None  # the label set, in prompt order (default: sorted labels of the CSV)
     synonyms: dict[str, list[str]] = {}  # label -> other names the answer may use (demo: the bank's phrases too)
-    prompt: str | None = None  # the label question (default: classification_prompt(labels))
+    # asked of every model; default: the label question (classification_prompt(labels)) for instruction-tuned
+    # models, "Caption the first audio." for prefix models (ADIFF), whose caption is then mapped onto the labels
+    prompt: str | None = None
     limit: int | None = Field(None, ge=1)  # a seeded sample of at most this many rows (None: all)
     per_kind: int = Field(3, ge=1)  # csv: demo only: clips per event kind
     threshold: float = Field(0.8, gt=0, le=1)  # fuzzy label matching

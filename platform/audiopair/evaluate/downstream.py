@@ -8,9 +8,14 @@ downloads). Per clip:
 1. the audio is loaded through ``audiopair.audio`` (mono, resampled to ``dataset.sample_rate``, cropped or padded to
    ``dataset.clip_seconds`` from the start, as the dataset builder does) and turned into the log-mels the model
    was trained on (``dataset.features``);
-2. the model answers the label question (``classification_prompt(labels)`` unless ``prompt`` is set), in batches,
-   with generate.py's batching and decoding (in process, or a Ray Data actor pool with ``evaluate.num_actors``);
-3. the answer is mapped onto the label set (``map_to_label``: exact, contains, fuzzy) and scored
+2. the model is asked, in batches, with generate.py's batching and decoding (in process, or a Ray Data actor pool
+   with ``evaluate.num_actors``): an instruction-tuned model (Qwen2-Audio) the label question
+   (``classification_prompt(labels)``); a prefix model (ADIFF) the position-captioning prompt it was trained on,
+   ``"Caption the first audio."`` (``CAPTION_PROMPT``): it reads only ``model.prompt_len`` prompt tokens, never saw
+   a label question, and captioning is how ADIFF names events (§5.4). ``prompt`` set in the config is asked of every
+   model;
+3. the answer (a label, or a caption) is mapped onto the label set (``map_to_label``: exact, contains, fuzzy; the
+   demo's labels have the bank's caption phrases as synonyms) and scored
    (``accuracy_report``, ``confusion_png``).
 
 ADIFF has no single-audio mode: it always hears two audios, so the clip goes in as both audios and the label
@@ -36,10 +41,12 @@ from audiopair.data.features import logmel
 from audiopair.evaluate.classify import (accuracy_report, classification_prompt, confusion_png, demo_label_csv,
                                          demo_labels, demo_synonyms, map_answers, normalise, read_label_csv)
 from audiopair.evaluate.generate import Generator, QwenClipGenerator, is_qwen, run_generator
+from audiopair.tasks.prompts import canonical
 
 log = logging.getLogger(__name__)
 
 DEMO = "demo"  # ClassifyConfig.csv value for the demo bank's event kinds
+CAPTION_PROMPT = canonical("position", position="first")  # what prefix models are asked (the clip is both audios)
 
 
 class ClassifySetupError(ValueError):
@@ -56,11 +63,17 @@ class ClassifySet:
     rows: list[dict]
     labels: list[str]
     synonyms: dict[str, list[str]]
-    prompt: str
+    prompt: str  # the label question, or the config's own prompt
     threshold: float = 0.8
     max_new_tokens: int = 32
     skipped: list[str] = field(default_factory=list)  # CSV rows left out (empty cells), named
     excluded: int = 0  # rows whose label is not in an explicit label list
+    custom_prompt: bool = False  # the config named the prompt: every model is asked it
+
+    def prompt_for(self, model_dir: str | Path) -> str:
+        """What ``model_dir`` is asked: the label question for instruction-tuned models (Qwen2-Audio), the
+        position-captioning prompt for prefix models (ADIFF), the config's prompt for all when it names one."""
+        return self.prompt if self.custom_prompt or is_qwen(model_dir) else CAPTION_PROMPT
 
 
 def prepare(c: ClassifyConfig, dataset: DatasetConfig, work_dir: str | Path, key: str = "evaluate.classify") \
@@ -107,7 +120,7 @@ def prepare(c: ClassifyConfig, dataset: DatasetConfig, work_dir: str | Path, key
         rows = [rows[i] for i in keep]
     return ClassifySet(c.name, str(csv_path), rows, labels, synonyms, c.prompt or classification_prompt(labels),
                        c.threshold, c.max_new_tokens, [f"{csv_path}:{n}: {why}" for n, why in got.skipped],
-                       excluded)
+                       excluded, c.prompt is not None)
 
 
 def prepare_all(cfg: Config) -> list[ClassifySet]:
@@ -214,11 +227,12 @@ def classify_checkpoint(model_dir: str | Path, dataset: DatasetConfig, classify:
     ``decoding`` is ``evaluate.decoding`` with ``max_new_tokens`` taken from the set; ``figure``, when given, is
     where the confusion-matrix PNG goes (``title`` over it; default the set's name)."""
     cset = classify if isinstance(classify, ClassifySet) else prepare(classify, dataset, work_dir)
-    notes = [n for n in [prompt_fit(model_dir, cset.prompt)] if n]
+    prompt = cset.prompt_for(model_dir)
+    notes = [n for n in [prompt_fit(model_dir, prompt)] if n]
     for n in notes:
         log.warning("%s: %s", cset.name, n)
     dec = (decoding or DecodingConfig()).model_copy(update={"max_new_tokens": cset.max_new_tokens})
-    inputs = [{"id": r["id"], "path": r["path"], "eval_prompt": cset.prompt} for r in cset.rows]
+    inputs = [{"id": r["id"], "path": r["path"], "eval_prompt": prompt} for r in cset.rows]
     t0 = time.perf_counter()
     # Qwen2-Audio hears the one clip as it is; ADIFF gets it twice, as log-mels made like the builder's
     gen, args = (QwenClipGenerator, (str(model_dir), qwen_audio or {}, dec.model_dump())) if is_qwen(model_dir) else \
@@ -232,7 +246,7 @@ def classify_checkpoint(model_dir: str | Path, dataset: DatasetConfig, classify:
     report = accuracy_report(pairs, cset.labels)
     rows = [{"id": r["id"], "path": r["path"], "label": r["label"], "prediction": p, "mapped": m, "how": how}
             for (r, p), (_, m, how) in zip(good, pairs)]
-    result = Classification(cset.name, report, rows, cset.prompt, skipped, cset.excluded, seconds, notes)
+    result = Classification(cset.name, report, rows, prompt, skipped, cset.excluded, seconds, notes)
     if skipped:
         log.warning("%s: %d of %d rows skipped, e.g. %s", cset.name, len(skipped),
                     len(cset.rows) + len(cset.skipped), skipped[0])

@@ -46,6 +46,18 @@ class Evaluation:
         rep = self.reports.get(task, {}).get(group)
         return None if rep is None else rep.values.get(metric)
 
+    def score_tags(self, dataset: str) -> dict[str, str]:
+        """The headline scores as Model Registry version tags: each task's ``all`` group
+        (``<dataset>/<task>/all/<metric>``) and each classification set's accuracy, 4 decimals."""
+        out = {}
+        for task, groups in self.reports.items():
+            if "all" in groups:
+                out |= {k: f"{v:.4f}" for k, v in groups["all"].mlflow_metrics(dataset, task, "all").items()}
+        for c in self.classify.values():
+            if c.accuracy is not None:
+                out[f"{c.name}/classify/all/accuracy"] = f"{c.accuracy:.4f}"
+        return out
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "skipped": self.skipped,
                "reports": {t: {g: r.to_dict() for g, r in gs.items()} for t, gs in self.reports.items()}}
@@ -192,12 +204,13 @@ def _log(result: Evaluation, cfg: Config) -> None:
 
 
 def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir: str | Path, title: str,
-                    say=print, parallel: int = 1, classify_sets: list[ClassifySet] | None = None) \
-        -> tuple[list[Evaluation], Path]:
+                    say=print, parallel: int = 1, classify_sets: list[ClassifySet] | None = None,
+                    sources: dict[str, str] | None = None) -> tuple[list[Evaluation], Path]:
     """Each named model folder evaluated in its own MLflow child run of the active run (``parallel`` at a time),
     then the side-by-side report written to ``report_dir`` and logged to the active run. Returns the evaluations
     (in the given order) and the Markdown report's path. ``evaluate.classify``'s sets are prepared once for all
-    models (or passed in as ``classify_sets``)."""
+    models (or passed in as ``classify_sets``). ``sources``: name -> the ``models:/`` / ``runs:/`` URI a folder
+    was fetched from, tagged ``model_uri`` on its run."""
     from concurrent.futures import ThreadPoolExecutor
 
     import mlflow
@@ -209,7 +222,9 @@ def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir:
         classify_sets = prepare_all(cfg) if cfg.evaluate.classify else []
 
     def one(name: str, path) -> Evaluation:
-        with tracking.run(f"{name}/evaluate", parent=parent, tags={"model": name, "checkpoint": str(path)}):
+        tags = {"model": name, "checkpoint": str(path)} | ({"model_uri": sources[name]} if name in (sources or {})
+                                                           else {})
+        with tracking.run(f"{name}/evaluate", parent=parent, tags=tags):
             return evaluate_checkpoint(path, cfg, name, say=say, classify_sets=classify_sets)
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shlex
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -548,8 +549,23 @@ def score_groups(
         reports[gname] = ScoreReport(values, per_item, unavailable, seconds, len(idx), dict(info))
 
     for m, why in sorted({(m, r) for rep in reports.values() for m, r in rep.unavailable.items()}):
-        log.warning("metric %s unavailable: %s", m, why)
+        warn_once(m, why)
     return reports
+
+
+# A job scores every model and task with the same tools, so the same reason would come back for each of them; it is
+# said once per process (a job), and stays in every report's ``unavailable`` and the MLflow tags.
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(metric: str, why: str) -> None:
+    """Log "metric <metric> unavailable: <why>" the first time this process meets that pair."""
+    with _warned_lock:
+        if (metric, why) in _warned:
+            return
+        _warned.add((metric, why))
+    log.warning("metric %s unavailable: %s", metric, why)
 
 
 def _check_groups(groups: Mapping[str, Iterable[int]] | None, n: int) -> dict[str, list[int]]:

@@ -34,6 +34,14 @@ def model_dir(cfg: Config, checkpoint: str) -> Path:
     return local_dir(ray.train.Checkpoint(checkpoint, filesystem=fs)) / "model"
 
 
+def _checkpoint_uri(cfg: Config, checkpoint: str) -> str:
+    """Where a trial's checkpoint lies, for a model logged by reference (``s3://...`` or a local path)."""
+    from audiopair.train.engine import storage_uri
+
+    storage = storage_uri(cfg.train)
+    return f"{storage.split('://', 1)[0]}://{checkpoint}" if "://" in storage else checkpoint
+
+
 def score_trial(trial: Trial, cfg: Config, say=print) -> dict:
     """A trial's last checkpoint on the test split with the sweep's evaluation: group (tier1 ...) -> metric -> value.
     Logged by :func:`report` into the trial's own MLflow run, not here."""
@@ -169,6 +177,10 @@ def _log_trial(t: Trial, cfg: Config, parent: str, mlflow, tracking) -> None:
                                 if isinstance(v, (int, float)) and v == v})
         if t.error:
             mlflow.set_tag("error", t.error[:5000])
+        if t.checkpoint and not (found and found[0].data.tags.get("checkpoint") == t.checkpoint
+                                 and "model_uri" in found[0].data.tags):  # a resumed sweep logs a model once
+            tracking.log_model(model_dir(cfg, t.checkpoint), cfg.train.model_artifacts,
+                               source=f"{_checkpoint_uri(cfg, t.checkpoint)}/model")
 
 
 @contextlib.contextmanager

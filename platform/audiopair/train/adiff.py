@@ -17,7 +17,7 @@ from audiopair.data.features import FeatureStore, check_front_end, front_end
 from audiopair.data.manifest import mix_tasks
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
 from audiopair.models.tokenizer import encode_answers, load_tokenizer, model_prompts
-from audiopair.train.engine import Recipe, local_dir
+from audiopair.train.engine import Recipe, checkpoint_uri, local_dir
 from audiopair.train.pretrain import LABELS
 
 
@@ -155,7 +155,9 @@ def unimodal_stages(u) -> tuple:
 def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, parent: str | None, label: str,
                  say=print):
     """``engine.fit_stage`` in an MLflow child run ``label`` of run id ``parent``: the stage's parameters, per-epoch
-    and final metrics, its checkpoint as a tag. Returns the checkpoint."""
+    and final metrics, system metrics (``train.system_metrics``), its checkpoint as a tag and its model folder as the
+    run's ``model/`` artifacts (``train.model_artifacts``: copied, or a reference to the checkpoint). Returns the
+    checkpoint."""
     import mlflow
 
     from audiopair import tracking
@@ -165,17 +167,38 @@ def logged_stage(recipe, tc, stage_name: str, run: str, extra: dict, stage_cfg, 
         say(f"[{run}] finished in an earlier run of the job: its checkpoint is reused, nothing is trained")
     else:
         say(f"[{run}] {stage_cfg.epochs} epochs at lr {stage_cfg.lr:g} on {tc.num_workers} worker(s)")
-    with tracking.run(label, parent=parent, tags={"stage": stage_name}):
+    with tracking.run(label, parent=parent, tags={"stage": stage_name}, system_metrics=tc.system_metrics):
         mlflow.log_params({f"stage.{k}": v for k, v in stage_cfg.model_dump().items()})
+        spec = tracking.worker_system_metrics() if tc.system_metrics else None
+        if spec:  # rank 0 charts its own machine too
+            extra = {**extra, "system_metrics": spec}
         ckpt, metrics, result = fit_stage(recipe, tc, stage_name, run, extra, stage_cfg)
         if result is not None:
             tracking.log_epochs(result)
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()
                             if k in ("train_loss", "val_loss", "samples_per_s", "setup_s")})
         mlflow.set_tag("checkpoint", ckpt.path)
+        tracking.log_model(local_dir(ckpt) / "model", tc.model_artifacts, source=f"{checkpoint_uri(ckpt)}/model")
     say(f"[{run}] train loss {metrics.get('train_loss', float('nan')):.3f}, "
         f"val loss {metrics.get('val_loss', float('nan')):.3f}")
     return ckpt
+
+
+def final_model_uris(job_run: str, variants: list[str], stage_name: str) -> dict[str, str]:
+    """``{variant: runs:/<id>/model}``: the model each variant run under job run ``job_run`` logged in its stage
+    ``stage_name`` (read back from the runs' tags); variants without one are left out."""
+    import mlflow
+
+    out = {}
+    for variant in variants:
+        vruns = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{job_run}' and "
+                                                 f"tags.variant = '{variant}'", output_format="list")
+        for vrun in vruns:
+            stages = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{vrun.info.run_id}' and "
+                                                      f"tags.stage = '{stage_name}'", output_format="list")
+            if stages and "model_uri" in stages[0].data.tags:
+                out[variant] = stages[0].data.tags["model_uri"]
+    return out
 
 
 def ensure_embeddings(cfg: Config, variant: str, pretrained: dict | None, tokenizer, label: str, say=print):

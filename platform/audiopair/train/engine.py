@@ -109,7 +109,9 @@ def _to(batch: dict, device) -> dict:
 
 def train_loop(config: dict) -> None:
     """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
-    TrainConfig dump, "stage": the stage's name, plus whatever the recipe factory reads}."""
+    TrainConfig dump, "stage": the stage's name, "system_metrics": ``tracking.worker_system_metrics()`` or absent
+    (rank 0 then logs its machine's system metrics to the stage's MLflow run), plus whatever the recipe factory
+    reads}."""
     import deepspeed
     import ray.train
 
@@ -164,6 +166,11 @@ def train_loop(config: dict) -> None:
             # else: another world size; the weights resume, the optimizer state starts afresh
 
     setup_s = time.perf_counter() - started  # model, examples, embedding cache, DeepSpeed: paid once per stage
+    monitor = None
+    if rank == 0 and config.get("system_metrics"):  # this worker's machine (GPU) charted into the stage's run
+        from audiopair.tracking import start_system_metrics
+
+        monitor = start_system_metrics(config["system_metrics"])
     for epoch in range(start_epoch, stage_cfg.epochs):
         engine.train()
         t0, seen, tokens, losses = time.perf_counter(), 0, 0, []
@@ -199,6 +206,8 @@ def train_loop(config: dict) -> None:
                         "torch_rng": torch.get_rng_state()}, Path(tmp) / f"train_state_rank{rank}.pt")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch_{epoch:04d}")
+    if monitor is not None:
+        monitor.finish()
 
 
 def load_train_state(path: Path) -> dict:
@@ -274,6 +283,13 @@ def local_dir(ref) -> Path:
     if key not in _LOCAL:
         _LOCAL[key] = Path(ref.to_directory(tempfile.mkdtemp(prefix="audiopair_ckpt_")))
     return _LOCAL[key]
+
+
+def checkpoint_uri(ckpt) -> str:
+    """Where a ``ray.train.Checkpoint`` lies, as a URI others can read: ``s3://...`` / ``gs://...``, or its local
+    path."""
+    kind = ckpt.filesystem.type_name
+    return ckpt.path if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{ckpt.path}"
 
 
 def storage_uri(train_cfg) -> str:
