@@ -121,6 +121,10 @@ def test_serve_explain_job_names_checkpoints_and_refuses_other_folders(tmp_path,
     assert jobmod.checkpoint_name(run) == "adiff-demo-adiff-finetune"
     assert jobmod.split_argv([str(run), "serve.port=1", "--config", str(tmp_path)]) == (
         {"adiff-demo-adiff-finetune": run}, ["serve.port=1", "--config", str(tmp_path)])
+    assert jobmod.split_argv(["models:/adiff/1", "runs:/abc/model"])[0] == {"models:/adiff/1": "models:/adiff/1",
+                                                                           "runs:/abc/model": "runs:/abc/model"}
+    assert jobmod.cli(["models:/nothing-here/1", f"work_dir={tmp_path / 'work'}"]) == 2
+    assert "models:/nothing-here/1" in capsys.readouterr().err
     assert jobmod.cli([str(run)]) == 2
     assert "is neither an ADIFF model folder (adiff.json)" in capsys.readouterr().err
     assert jobmod.cli(["serve.port=1"]) == 2
