@@ -52,9 +52,8 @@ _checkpoints: dict[str, Path | str] = {}
 def main(run: job.Job) -> int:
     import uvicorn
 
-    from audiopair.serve.explain_app import create_explain_app
-
     from audiopair import tracking
+    from audiopair.serve.explain_app import create_explain_app
 
     if not _checkpoints:
         raise job.JobError("name one or more checkpoint folders: python jobs/serve_explain.py MODEL_DIR ...", code=2)
