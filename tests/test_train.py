@@ -1,5 +1,7 @@
 """Ray Train + DeepSpeed on CPU: the ADIFF recipe learns, resumes a restarted run, survives a killed worker."""
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,26 @@ def _setup(tiny_dataset, tmp_path, *extra):
     return cfg, {"app": cfg.model_dump(mode="json"), "tokenizer": str(tok), "init": None}
 
 
+def test_epoch_curves_survive_evicted_checkpoints(tmp_path):
+    """Ray Train's result holds the metrics of kept checkpoints only (train.keep_checkpoints); MLflow's per-epoch
+    curves come from the history the training loop carries in every report."""
+    import types
+
+    import mlflow
+    import pandas as pd
+
+    from audiopair import tracking
+
+    history = [{"epoch": e, "train_loss": 3.0 - e, "val_loss": 2.0 - e / 2, "lr": 1e-3, "samples_per_s": 10.0}
+               for e in range(3)]
+    kept = pd.DataFrame([{**history[2], "history": json.dumps(history)}])  # epochs 0 and 1 were evicted
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        tracking.log_epochs(types.SimpleNamespace(metrics_dataframe=kept))
+    curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in curve] == [(0, 2.0), (1, 1.5), (2, 1.0)]
+
+
 def test_lr_schedule_and_sharding():
     f = lr_lambda("cosine", warmup=10, total=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
@@ -56,6 +78,7 @@ def test_finetune_learns_and_a_restarted_run_resumes(tiny_dataset, tmp_path):
     assert res.error is None
     df = res.metrics_dataframe.sort_values("epoch")
     assert list(df["epoch"]) == [0, 1] and set(df["world"]) == {2}
+    assert [row["epoch"] for row in json.loads(df["history"].iloc[-1])] == [0, 1]  # every epoch rides along
     assert df["train_loss"].iloc[1] < df["train_loss"].iloc[0] - 0.3  # it learns
     assert df["val_loss"].iloc[1] < df["val_loss"].iloc[0]
     ckpt = Path(res.checkpoint.path)

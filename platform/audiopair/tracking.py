@@ -90,11 +90,14 @@ def log_epochs(result, prefix: str = "") -> None:
     df = result.metrics_dataframe
     if df is None or df.empty:
         return
-    for _, row in df.sort_values("epoch").iterrows():
-        step = int(row["epoch"])
+    df = df.sort_values("epoch")
+    last = df.iloc[-1]
+    # the training loop's own record of every epoch (Ray keeps the rows of kept checkpoints only)
+    rows = json.loads(last["history"]) if isinstance(last.get("history"), str) else df.to_dict("records")
+    for row in rows:
         values = {f"{prefix}{k}": float(row[k]) for k in ("train_loss", "val_loss", "lr", "samples_per_s")
                   if k in row and row[k] == row[k]}
-        mlflow.log_metrics(values, step=step)
+        mlflow.log_metrics(values, step=int(row["epoch"]))
 
 
 def log_predictions(rows: list[dict], artifact_file: str) -> None:

@@ -167,7 +167,9 @@ class FileGenerator(Generator):
         self.sample_rate = int(fe.pop("sample_rate"))
         self.features = FeatureConfig.model_validate(fe)
         frames = self.model.encoder.frames
-        self.seconds = seconds or (frames - 1) * self.features.hop_length / self.sample_rate if frames else seconds
+        if seconds is None and frames:  # the encoder's window: 1001 frames = 10 s at 32 kHz, hop 320
+            seconds = (frames - 1) * self.features.hop_length / self.sample_rate
+        self.seconds = seconds
 
     def mel(self, path: str) -> torch.Tensor:
         from audiopair.audio import load_audio

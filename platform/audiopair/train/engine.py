@@ -107,6 +107,9 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")  # what each epoch's history row keeps
+
+
 def train_loop(config: dict) -> None:
     """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
     TrainConfig dump, "stage": the stage's name, "system_metrics": ``tracking.worker_system_metrics()`` or absent
@@ -152,10 +155,11 @@ def train_loop(config: dict) -> None:
         model=model, optimizer=optimizer, lr_scheduler=sched, config=deepspeed_config(tc, on_gpu, micro),
         dist_init_required=False)
 
-    start_epoch = 0
+    start_epoch, history = 0, []
     if ckpt:  # continue after the last reported epoch
         with ckpt.as_directory() as d:
             start_epoch = int(progress["epoch"]) + 1
+            history = list(progress.get("history", []))
             files = [Path(d) / f"train_state_rank{r}.pt" for r in range(world)]
             if progress.get("world") == world and all(f.exists() for f in files):
                 states = [load_train_state(f) for f in files]
@@ -196,12 +200,17 @@ def train_loop(config: dict) -> None:
             "steps": len(batches), "tokens_per_s": tokens * world / max(train_seconds, 1e-9), "start_epoch": start_epoch, "world": world, "setup_s": setup_s,
             "epoch_s": time.perf_counter() - t0,
         }
+        # Every epoch so far rides along: Ray Train's result keeps the metrics of kept checkpoints only
+        # (train.keep_checkpoints), and MLflow's curves need all of them
+        history.append({k: metrics[k] for k in EPOCH_METRICS})
+        metrics["history"] = json.dumps(history)
         # ZeRO-3 holds a slice of each weight per rank: every rank joins the gather, rank 0 writes the result
         full = engine._zero3_consolidated_16bit_state_dict() if engine.zero_optimization_stage() == 3 else None
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 recipe.save_model(engine.module, Path(tmp) / "model", **({"state_dict": full} if full else {}))
-                (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "world": world}))
+                (Path(tmp) / "progress.json").write_text(json.dumps({"epoch": epoch, "world": world,
+                                                                     "history": history}))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                         "torch_rng": torch.get_rng_state()}, Path(tmp) / f"train_state_rank{rank}.pt")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -440,9 +440,19 @@ def _outcomes(cfg: Config, configs: list[Config], results) -> list[Trial]:
         if df is not None and "trial_epoch" in df:
             df = df.dropna(subset=["trial_epoch"]).sort_values("trial_epoch")
             df = df.drop_duplicates("trial_epoch", keep="last")
-            history = [{"trial_epoch": int(row["trial_epoch"]), "stage": row.get("stage"),
-                        **{k: float(row[k]) for k in ("train_loss", "val_loss") if k in row}}
-                       for _, row in df.iterrows()]
+            by_epoch = {}
+            for _, row in df.iterrows():
+                # a trial restored mid-stage reports only its resumed epochs to Tune; each report also carries the
+                # Train run's whole history (engine.train_loop), which gives back the epochs before the restore
+                if isinstance(row.get("history"), str) and row.get("epoch") == row.get("epoch"):
+                    offset = int(row["trial_epoch"]) - int(row["epoch"]) - 1
+                    for h in json.loads(row["history"]):
+                        by_epoch.setdefault(offset + int(h["epoch"]) + 1, {
+                            "stage": row.get("stage"), **{k: float(h[k]) for k in ("train_loss", "val_loss")}})
+            for _, row in df.iterrows():
+                by_epoch[int(row["trial_epoch"])] = {"stage": row.get("stage"),
+                                                     **{k: float(row[k]) for k in ("train_loss", "val_loss") if k in row}}
+            history = [{"trial_epoch": e, **by_epoch[e]} for e in sorted(by_epoch)]
             ckpt = df["checkpoint_path"].iloc[-1] if "checkpoint_path" in df and len(df) else None
         c = configs[keys.index(json.dumps(point, sort_keys=True))]
         out.append(Trial(Path(r.path).name, point["size"], point["space"], trial_epochs(c),
