@@ -47,7 +47,7 @@ def test_epoch_curves_survive_evicted_checkpoints(tmp_path):
                for e in range(3)]
     kept = pd.DataFrame([{**history[2], "history": json.dumps(history)}])  # epochs 0 and 1 were evicted
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("curves")) as run:  # not an earlier test's
         tracking.log_epochs(types.SimpleNamespace(metrics_dataframe=kept))
     curve = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [(m.step, m.value) for m in curve] == [(0, 2.0), (1, 1.5), (2, 1.0)]
