@@ -175,15 +175,16 @@ def build(cfg: AdiffModelConfig, lm_config: dict, tensors: dict[str, torch.Tenso
     with torch.device(device):
         model = AdiffModel(cfg, lm_config["vocab_size"], separator_id, lm_config["eos_token_id"], lm_config=lm_config,
                            encoder_config=backbone, pad_id=pad_id)
-    expected = {k for k in model.state_dict() if k != "lm.lm_head.weight"}
+    shapes = {k: t.shape for k, t in model.state_dict().items() if k != "lm.lm_head.weight"}
+    expected = set(shapes)
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or extra:
         raise CheckpointError("the checkpoint does not fill audiopair's ADIFF exactly: "
                               + (f"missing {', '.join(missing[:20])}" if missing else "")
                               + ("; " if missing and extra else "") + (f"unexpected {', '.join(extra[:20])}" if extra else ""))
     for key, t in tensors.items():
-        if model.state_dict()[key].shape != t.shape:
-            raise CheckpointError(f"{key}: shape {tuple(t.shape)} in the checkpoint, {tuple(model.state_dict()[key].shape)}"
+        if shapes[key] != t.shape:
+            raise CheckpointError(f"{key}: shape {tuple(t.shape)} in the checkpoint, {tuple(shapes[key])}"
                                   " in the model built from its sizes")
     model.load_state_dict(tensors, strict=False, assign=True)
     model.lm.tie_weights()
