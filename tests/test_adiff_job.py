@@ -6,16 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from audiopair.config import DecodingConfig, load_config
+from audiopair.data.features import FeatureStore
+from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.evaluate.generate import Generator, generate
 from audiopair.models.adiff import build_model, save_checkpoint
 from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples
 from audiopair.train.engine import micro_batches
-from audiopair.train.pretrain import clip_labels, label_names, make_encoder_recipe, make_lm_recipe, train_corpus
+from audiopair.train.pretrain import (clip_labels, extra_examples, label_names, make_encoder_recipe, make_lm_recipe,
+                                      render_extra, train_corpus, training_clips)
 from conftest import REPO, TINY, mlflow_server
 from test_train import TINY_MODEL
 
@@ -66,7 +70,8 @@ def test_micro_batches_group_lengths_and_keep_shards_equal():
 
 
 def test_encoder_recipe_reads_clip_labels(tiny_dataset, tmp_path):
-    cfg = _cfg(tiny_dataset, tmp_path)
+    cfg = _cfg(tiny_dataset, tmp_path, "train.unimodal.encoder_event_clips=false",
+               "train.unimodal.encoder_extra_mixes=0")
     ds = cfg.dataset.output_dir
     labels = clip_labels(ds, "train")
     names = label_names(ds)
@@ -84,6 +89,49 @@ def test_encoder_recipe_reads_clip_labels(tiny_dataset, tmp_path):
     assert out.loss.ndim == 0 and out.clip_logits.shape == (4, len(names))
     recipe.save_model(model, tmp_path / "enc")
     assert json.loads((tmp_path / "enc" / "labels.json").read_text()) == names
+
+
+def test_encoder_recipe_adds_event_clips_and_mixes_of_the_training_split(tiny_dataset, tmp_path):
+    cfg = _cfg(tiny_dataset, tmp_path, "train.unimodal.encoder_event_clips=true",
+               "train.unimodal.encoder_extra_mixes=12")
+    ds = cfg.dataset.output_dir
+    clips, bases, events = training_clips(cfg)
+    train_mixes = [r for r in read_manifest(manifest_path(ds, "ac", "train")) if r.meta["recipe"]["op"] == "mix"]
+    assert set(events) == {r.meta["recipe"]["event"] for r in train_mixes} and bases
+    test_events = {r.meta["recipe"].get("event") for r in read_manifest(manifest_path(ds, "ac", "test"))}
+    assert not test_events & set(events)  # nothing of the held-out splits is heard in stage 1
+
+    extras = extra_examples(cfg, clips, bases, events)
+    assert extras == extra_examples(cfg, clips, bases, events)  # seeded
+    alone, mixes = [e for e in extras if "event" in e], [e for e in extras if "mix" in e]
+    assert [e["event"] for e in alone] == events and len(mixes) == 12
+    for e in alone:
+        assert e["labels"] == list(clips[e["event"]].labels)
+    for e in mixes:
+        r = e["mix"]
+        assert r["base"] in bases and r["event"] in events
+        assert cfg.dataset.mix.snr_db[0] <= r["snr_db"] <= cfg.dataset.mix.snr_db[1]
+        assert e["labels"] == list(clips[r["base"]].labels) + list(clips[r["event"]].labels)
+
+    # a mix is rendered exactly as the builder rendered the same recipe into the dataset
+    store = FeatureStore(ds)
+    built = train_mixes[0]
+    ours = render_extra({"mix": built.meta["recipe"]}, clips, cfg)
+    assert ours.dtype == store[built.meta["clip"]].dtype
+    assert np.array_equal(ours, store[built.meta["clip"]])
+    # an event alone is the event's own samples at its offset, silence elsewhere
+    mel = render_extra(alone[0], clips, cfg)
+    assert mel.shape == ours.shape and mel.min() == -100.0  # digital silence somewhere in the clip
+
+    recipe = make_encoder_recipe({"app": cfg.model_dump(mode="json")})
+    names = label_names(ds)
+    ex = recipe.train_examples()
+    assert len(ex) == len(clip_labels(ds, "train")) + len(events) + 12
+    assert len(recipe.val_examples()) == len(clip_labels(ds, "val"))  # validation stays the held-out AC clips
+    batch = recipe.collate(ex[-3:])
+    assert batch["mels"].shape == (3, *ours.shape)
+    assert [{names[i] for i in row.nonzero().flatten().tolist()} for row in batch["targets"]] == \
+        [set(e["labels"]) for e in extras[-3:]]
 
 
 def test_lm_recipe_places_windows_after_the_prefix(tiny_dataset, tmp_path):

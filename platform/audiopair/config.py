@@ -301,6 +301,13 @@ class UnimodalConfig(Section):
     lm_lr: float = Field(3e-3, gt=0)
     lm_max_tokens: int = Field(64, ge=8)
     encoder_micro_batch: int = Field(8, ge=1)  # small batches: more steps for a from-scratch encoder on few clips
+    # More labelled audio for the from-scratch encoder, made from the training split alone (AudioSet, which HTSAT
+    # learns from, has single-event clips and HTS-AT trains with mixup; the demo's AC clips are few and all scenes):
+    # every event clip the training mixes use, alone at a seeded offset in silence ...
+    encoder_event_clips: bool = False
+    # ... and this many extra Audit-style mixes of the training split's own bases and events (seeded pairs, onsets and
+    # SNRs in dataset.mix.snr_db), rendered on the worker
+    encoder_extra_mixes: int = Field(0, ge=0)
 
 
 class TrainConfig(Section):

@@ -4,7 +4,9 @@ At real scale this stage is skipped: HTSAT (AudioSet-pretrained) and GPT-2 are l
 download, so it makes its own:
 
 - ``make_encoder_recipe``: the tiny HTSAT learns the bank's event labels (every clip's scene and event kinds, read
-  from the builder's AC manifests), multi-label BCE on the event head's clip logits, backbone trained too;
+  from the builder's AC manifests), multi-label BCE on the event head's clip logits, backbone trained too; with
+  ``train.unimodal.encoder_event_clips`` / ``encoder_extra_mixes`` also on the training split's event clips alone
+  and on extra mixes of its bases and events (``extra_examples``);
 - ``make_lm_recipe``: a tiny GPT-2 learns the training split's text (captions, explanations, instructions: every
   target of every task) with a byte-level BPE tokenizer trained on the same text (``train_corpus``).
 
@@ -19,6 +21,7 @@ import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,26 +82,98 @@ class EventTagger(nn.Module):
         return ModelOutput(loss=loss, clip_logits=out.clip_logits)
 
 
+def training_clips(cfg: Config) -> tuple[dict, list[str], list[str]]:
+    """The corpus' clips by id, and the base and event clip ids the training split's AC mixes use (sorted)."""
+    from audiopair.corpus import make_source
+
+    clips = {c.id: c for scfg in cfg.dataset.sources for c in make_source(scfg, cfg.dataset).clips()}
+    bases, events = set(), set()
+    for r in read_manifest(manifest_path(cfg.dataset.output_dir, "ac", "train")):
+        recipe = r.meta.get("recipe", {})
+        if recipe.get("op") == "mix":
+            bases.add(recipe["base"])
+            events.add(recipe["event"])
+    return clips, sorted(bases), sorted(events)
+
+
+def extra_examples(cfg: Config, clips: dict, bases: list[str], events: list[str]) -> list[dict]:
+    """``train.unimodal``'s extra encoder examples (seeded by ``train.seed``): each event clip alone
+    (``{"event", "offset_u", "labels"}``) and ``encoder_extra_mixes`` mix recipes (``{"mix": recipe, "labels"}``,
+    the recipe as ``tasks.edits.mix_item`` writes it). Labels are names."""
+    u, rng = cfg.train.unimodal, random.Random(hash_seed("encoder-extra", cfg.train.seed))
+    out = []
+    if u.encoder_event_clips:
+        out += [{"event": e, "offset_u": round(rng.random(), 6), "labels": list(clips[e].labels)} for e in events]
+    if u.encoder_extra_mixes and not (bases and events):
+        raise ValueError("train.unimodal.encoder_extra_mixes: the training split's AC task has no mixes to take "
+                         "bases and events from")
+    for _ in range(u.encoder_extra_mixes):
+        b, e = rng.choice(bases), rng.choice(events)
+        recipe = {"op": "mix", "base": b, "event": e, "onset_u": round(rng.random(), 6),
+                  "snr_db": round(rng.uniform(*cfg.dataset.mix.snr_db), 3)}
+        out.append({"mix": recipe, "labels": list(clips[b].labels) + list(clips[e].labels)})
+    return out
+
+
+def render_extra(example: dict, clips: dict, cfg: Config) -> np.ndarray:
+    """An extra example's ``(n_mels, frames)`` log-mels, made as the builder makes a training clip's: a mix through
+    ``data.render.render`` (an onset that leaves the event too little room falls back to the start), an event
+    alone zero-padded to ``dataset.clip_seconds`` around its seeded offset."""
+    from audiopair.audio import AudioError
+    from audiopair.corpus import load_clip
+    from audiopair.data.features import logmel
+    from audiopair.data.render import render
+
+    d = cfg.dataset
+    if "mix" in example:
+        try:
+            x, _ = render(example["mix"], clips, d, "train")
+        except AudioError:
+            x, _ = render({**example["mix"], "onset_u": 0.0}, clips, d, "train")
+    else:
+        n = int(round(d.clip_seconds * d.sample_rate))
+        event = load_clip(clips[example["event"]], d.sample_rate, None)[:n]
+        x = np.zeros(n, np.float32)
+        at = int(example["offset_u"] * (n - len(event)))
+        x[at : at + len(event)] = event
+    # stored at dataset.features.dtype and read back as float32, as FeatureStore gives the AC clips
+    return logmel(x, d.sample_rate, d.features).astype(d.features.dtype).astype(np.float32)
+
+
 def make_encoder_recipe(config: dict) -> Recipe:
     """``config``: {"app": Config dump}. The encoder's size comes from ``model.encoder`` (``pretrained`` ignored),
-    its classes from the training split's labels."""
+    its classes from the training split's labels; its examples are the AC clips of each split, plus in training
+    ``train.unimodal``'s extra event clips and mixes (``extra_examples``)."""
     cfg = Config.model_validate(config["app"])
-    ds = cfg.dataset.output_dir
+    ds, u = cfg.dataset.output_dir, cfg.train.unimodal
     names = label_names(ds)
     enc_cfg = cfg.model.encoder.model_copy(update={"pretrained": None, "num_classes": len(names)})
     index = {n: i for i, n in enumerate(names)}
     state: dict = {}
 
     def examples(split: str) -> list[dict]:
-        return [{"clip": c, "labels": [index[x] for x in labels if x in index]}
-                for c, labels in sorted(clip_labels(ds, split).items())]
+        out = [{"clip": c, "labels": [index[x] for x in labels if x in index]}
+               for c, labels in sorted(clip_labels(ds, split).items())]
+        if split == "train" and (u.encoder_event_clips or u.encoder_extra_mixes):
+            state["clips"], bases, events = training_clips(cfg)
+            out += [{**e, "labels": [index[x] for x in e["labels"] if x in index]}
+                    for e in extra_examples(cfg, state["clips"], bases, events)]
+        return out
+
+    def features(e: dict) -> torch.Tensor:
+        if "clip" in e:
+            return torch.from_numpy(state.setdefault("store", FeatureStore(ds))[e["clip"]])
+        key = json.dumps({k: v for k, v in e.items() if k != "labels"}, sort_keys=True)
+        cache = state.setdefault("extra", {})  # rendered once per worker (~50 KB each at the demo's size)
+        if key not in cache:
+            cache[key] = torch.from_numpy(render_extra(e, state["clips"], cfg))
+        return cache[key]
 
     def collate(batch: list[dict]) -> dict:
-        store = state.setdefault("store", FeatureStore(ds))
         targets = torch.zeros(len(batch), len(names))
         for i, e in enumerate(batch):
             targets[i, e["labels"]] = 1.0
-        return {"mels": torch.stack([torch.from_numpy(store[e["clip"]]) for e in batch]), "targets": targets}
+        return {"mels": torch.stack([features(e) for e in batch]), "targets": targets}
 
     def save(model, folder: Path) -> None:
         model.encoder.save_pretrained(folder)
