@@ -55,7 +55,8 @@ def label_questions(cfg: Config, name: str, per_kind: int) -> list[dict]:
                          per_kind, cfg.dataset.demo.seed, name=name)
     prompt = classification_prompt(demo_labels())
     return [{"id": f"{name}/{i}", "task": "label", "tier": None, "prompt": prompt, "eval_prompt": prompt,
-             "target": _readable(label), "references": [_readable(label)], "audio": [path]}
+             "target": _readable(label), "references": [_readable(label)],
+             "audio": [str(Path(path).resolve())]}  # absolute: Ray Train workers have their own working directory
             for i, (path, label) in enumerate(read_label_csv(csv))]
 
 
@@ -169,6 +170,14 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
         raise ConfigError("acc_table: the miniature makes its own base from finetune.tiny (set finetune.tiny.enabled "
                           "true); at real scale run the rows as jobs/configs/acc_table2/*.yaml")
     t_start = time.perf_counter()
+    # transformers resolves its classes lazily and two threads importing at once can see a half-made module
+    # ("cannot import name ..."): import what the threads need here, in one thread, first
+    import peft  # noqa: F401
+    from transformers import AutoProcessor, ClapAudioConfig, Qwen2AudioForConditionalGeneration  # noqa: F401
+
+    import audiopair.train.adiff  # noqa: F401
+    import audiopair.train.qwen  # noqa: F401
+
     report_dir = Path(cfg.work_dir) / "reports" / at.name
     sets = prepare_all(cfg)
     val = {t: T.val_examples(ds, t, at.val_limit, seed) for t in TASKS}
