@@ -427,7 +427,10 @@ class AccBaseConfig(Section):
     warmup_steps: float = Field(0.05, ge=0)
     micro_batch: int = Field(8, ge=1)
     label_per_kind: int = Field(6, ge=0)  # classification-question training clips per event kind (0: none)
-    label_lists: bool = True  # also ask "which sounds are in the audio" of every AC training clip
+    label_lists: bool = False  # also ask "which sounds are in the audio" of every AC training clip
+    # epochs on the label questions alone first (their answers need the audio: the tower starts to learn before
+    # the captions' text priors can lower the loss without it)
+    warmup_epochs: int = Field(0, ge=0)
     zero_stage: int = Field(1, ge=0, le=3)
 
 

@@ -76,18 +76,17 @@ def label_lists(dataset_dir: str | Path, split: str) -> list[dict]:
     return out
 
 
-def base_examples(cfg: Config) -> dict[str, list[dict]]:
-    """The base's training and validation examples: AC, plus the label questions ``acc_table.base`` asks for."""
+def base_examples(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """The base's training and validation examples (AC, plus the label questions ``acc_table.base`` asks for), and
+    the label questions alone (its warm-up)."""
     b, ds, seed = cfg.acc_table.base, cfg.dataset.output_dir, cfg.train.seed
-    out = {}
+    out, labels = {}, {}
     for split, per_kind in (("train", b.label_per_kind), ("val", max(1, b.label_per_kind // 3))):
-        ex = T.load_examples(ds, split, {"ac": 1.0}, seed)
-        if b.label_per_kind:
-            ex += label_questions(cfg, f"demo_cls_{split}", per_kind)
+        labels[split] = label_questions(cfg, f"demo_cls_{split}", per_kind) if b.label_per_kind else []
         if b.label_lists:
-            ex += label_lists(ds, split)
-        out[split] = ex
-    return out
+            labels[split] += label_lists(ds, split)
+        out[split] = T.load_examples(ds, split, {"ac": 1.0}, seed) + labels[split]
+    return out, labels
 
 
 def tokenizer_texts(cfg: Config, examples: list[dict]) -> list[str]:
@@ -185,7 +184,7 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
     score_fp = digest({"evaluate": ev.model_dump(mode="json"), "val": {t: examples_digest(v) for t, v in val.items()},
                        "dataset": cfg.dataset.name, "version": VERSION})
 
-    bex = base_examples(cfg)
+    bex, warm = base_examples(cfg)
     base_fp = digest({"tiny": ft.tiny.model_dump(), "base": at.base.model_dump(), "seed": seed,
                       "max_answer_tokens": ft.max_answer_tokens, "system": ft.system_prompt, "version": VERSION,
                       "train": examples_digest(bex["train"]), "val": examples_digest(bex["val"]),
@@ -220,7 +219,8 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
 
     def make_base(run_id: str):
         t0 = time.perf_counter()
-        train_base(cfg, bex, tokenizer_texts(cfg, bex["train"]), base_dir, run_id, say)
+        train_base(cfg, bex, tokenizer_texts(cfg, bex["train"]), base_dir, run_id, say,
+                   warm if warm["train"] else None)
         return base_dir, {"train_seconds": time.perf_counter() - t0, "n_train": len(bex["train"])}
 
     def make_row(row: str, tasks: list[str], run_name: str):

@@ -68,12 +68,12 @@ def val_examples(dataset_dir: str | Path, task: str, limit: int | None, seed: in
     return random.Random(seed).sample(recs, limit) if limit and len(recs) > limit else recs
 
 
-def base_config(cfg: Config, random_dir: Path, run_name: str) -> Config:
-    """``cfg`` with ``finetune`` set for the stand-in's full finetuning (``acc_table.base``)."""
+def base_config(cfg: Config, start: Path, run_name: str, epochs: int) -> Config:
+    """``cfg`` with ``finetune`` set for the stand-in's full finetuning (``acc_table.base``) from ``start``."""
     b = cfg.acc_table.base
     ft = cfg.finetune.model_copy(update={
-        "model": str(random_dir.resolve()), "method": "full", "train_audio_tower": True, "train_projector": True,
-        "epochs": b.epochs, "lr": b.lr, "weight_decay": b.weight_decay, "warmup_steps": b.warmup_steps,
+        "model": str(start.resolve()), "method": "full", "train_audio_tower": True, "train_projector": True,
+        "epochs": epochs, "lr": b.lr, "weight_decay": b.weight_decay, "warmup_steps": b.warmup_steps,
         "micro_batch": b.micro_batch, "grad_accum": 1, "zero_stage": b.zero_stage, "run_name": run_name})
     return cfg.model_copy(update={"finetune": ft})
 
@@ -100,10 +100,12 @@ def _fit(cfg: Config, examples: dict, parent: str | None, label: str, say) -> Pa
 
 
 def train_base(cfg: Config, examples: dict, texts: list[str], folder: Path, parent: str | None = None,
-               say=print) -> Path:
+               say=print, warmup: dict | None = None) -> Path:
     """The stand-in base in ``folder`` (made here unless it is there already): a random ``finetune.tiny`` model
     with a tokenizer trained on ``texts`` (``<folder>-random``), fully finetuned on ``examples`` ({"train": [...],
-    "val": [...]}). Returns ``folder``."""
+    "val": [...]}). With ``warmup`` (examples of the same shape) and ``acc_table.base.warmup_epochs``, those epochs
+    on ``warmup`` come first: label questions, whose answers only the audio can give, so the audio tower starts
+    to learn before the captions' text alone can lower the loss. Returns ``folder``."""
     from audiopair.models.qwen2_audio import META, make_tiny
 
     folder = Path(folder)
@@ -115,7 +117,11 @@ def train_base(cfg: Config, examples: dict, texts: list[str], folder: Path, pare
         make_tiny(random_dir, texts, cfg.finetune.tiny)
         # marked as a full model folder, so the random starting point can be scored like any finetuned one
         (random_dir / META).write_text(json.dumps({"method": "full", "base": str(random_dir.resolve())}))
-    model_dir = _fit(base_config(cfg, random_dir, folder.name), examples, parent, "base", say)
+    b, start = cfg.acc_table.base, random_dir
+    if warmup and b.warmup_epochs:
+        start = _fit(base_config(cfg, random_dir, folder.name + "-warmup", b.warmup_epochs), warmup, parent,
+                     "base-warmup", say)
+    model_dir = _fit(base_config(cfg, start, folder.name, b.epochs), examples, parent, "base", say)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model_dir, tmp)
