@@ -171,3 +171,14 @@ def test_markdown_marks_unavailable_metrics_and_never_prints_zero_for_them():
     cells = ["0.5000"] * 7 + ["n/a", "n/a", "0.5000"]  # BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, SPIDEr, FENSE
     assert "| Qwen2-Audio + AC | " + " | ".join(cells) + " |" in md
     assert "- SPICE: SPICE needs Java models\n" in md and "| + AC | 50.00% |" in md and "1.000 -> 0.500" in md
+
+
+def test_bad_table_configs_are_refused_before_any_work():
+    from audiopair.config import ConfigError, load_config
+    from audiopair.evaluate.acc_tables import run_tables
+
+    config = REPO / "jobs" / "configs" / "acc_table2_demo.yaml"
+    with pytest.raises(ConfigError, match=r"acc_table.rows: each task mixture once, got \['AC', 'AC'\]"):
+        run_tables(load_config(config, ["acc_table.rows=[[ac], [ac]]"]), "no-run")
+    with pytest.raises(ConfigError, match="finetune.tiny.enabled"):
+        run_tables(load_config(config, ["finetune.tiny.enabled=false"]), "no-run")

@@ -168,6 +168,9 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
     if not ft.tiny.enabled:
         raise ConfigError("acc_table: the miniature makes its own base from finetune.tiny (set finetune.tiny.enabled "
                           "true); at real scale run the rows as jobs/configs/acc_table2/*.yaml")
+    names = [row_name(tasks) for tasks in at.rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"acc_table.rows: each task mixture once, got {names}")
     t_start = time.perf_counter()
     # transformers resolves its classes lazily and two threads importing at once can see a half-made module
     # ("cannot import name ..."): import what the threads need here, in one thread, first
