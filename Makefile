@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-acc test bench clean
 
 $(STAMP): pyproject.toml scripts/install_helm.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) jobs/train_adiff.py
+
+# ACC Tables 2 and 3 in miniature (README "ACC Tables 2 and 3 in miniature"; benchmarks/RESULTS.md)
+demo-acc: $(STAMP)
+	$(PY) jobs/finetune_qwen2_audio.py --config jobs/configs/acc_table2_demo.yaml
 
 # Two pytest workers, whole files each (module fixtures stay shared), in conftest's order (not xdist's
 # most-tests-first): the ten-minute demo test starts at once on one worker while the other runs the rest.

@@ -3,12 +3,18 @@
     python jobs/finetune_qwen2_audio.py                  # the demo: a tiny random Qwen2-Audio, LoRA on AC + ACC
     python jobs/finetune_qwen2_audio.py --config jobs/configs/qwen_ac_acc.yaml train.num_workers=8 train.use_gpu=true
     python jobs/finetune_qwen2_audio.py --config jobs/configs/qwen_ac_acc.yaml finetune.method=full
+    python jobs/finetune_qwen2_audio.py --config jobs/configs/acc_table2_demo.yaml   # ACC Tables 2 and 3, miniature
 
 Builds the dataset when it is missing, trains on Ray Train + DeepSpeed (ZeRO-2 for LoRA, ZeRO-3 for full), logs
 parameters, per-epoch loss / learning rate / tokens per second, system metrics and the model folder (``model/``: the
 adapter for LoRA) to MLflow, registers it (``train.register_as``, default ``finetune.run_name``), optionally merges the
 adapter into a standalone model (``finetune.merge=true``), then generates for ``finetune.evaluate_tasks`` on
 ``evaluate.split`` and scores it like jobs/evaluate.py. Re-running with the same ``finetune.run_name`` resumes.
+
+With ``acc_table.enabled`` (acc_table2_demo.yaml) the job is ACC Tables 2 and 3 in miniature instead: a stand-in
+base pretrained here, a LoRA row per task mixture on equal example budgets, all scored on AC captioning and
+classification; the report goes to ``<work_dir>/reports/<acc_table.name>/`` and MLflow (one child run per model).
+A second run reuses the base, finished rows and their scores (audiopair.evaluate.acc_tables).
 """
 
 import sys
@@ -40,11 +46,28 @@ def ensure_base(cfg, say) -> None:
                            "Qwen/Qwen2-Audio-7B-Instruct or a local model folder", code=2) from None
 
 
+def acc_tables(run: job.Job) -> int:
+    """ACC Tables 2 and 3 in miniature: one MLflow run, a child run per model, the report."""
+    from audiopair.evaluate.acc_tables import run_tables
+
+    cfg = run.cfg
+    run.start_mlflow()
+    with tracking.run(cfg.acc_table.name, tags={"job": "finetune_qwen2_audio", "acc_table": "true"}) as parent:
+        tracking.log_config(cfg)
+        md, _ = run_tables(cfg, parent.info.run_id, run.say)
+        mlflow.log_metric("job_seconds", run.seconds())
+    print("\n" + md.read_text())
+    run.say(f"done: report {md}, MLflow run {parent.info.run_id}")
+    return 0
+
+
 @job.entry(__doc__)
 def main(run: job.Job) -> int:
     cfg, say = run.cfg, run.say
     ft = cfg.finetune
     run.build_dataset()
+    if cfg.acc_table.enabled:
+        return acc_tables(run)
     ensure_base(cfg, say)
 
     from audiopair.evaluate.run import comparison_table, evaluate_models

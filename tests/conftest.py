@@ -42,7 +42,7 @@ def tiny_config(out_dir, *extra: str):
 # files at the start, the first and third to one, so the ten-minute demo job is paired with a quick file and the
 # other worker starts on the long Ray Train files; the rest go to whichever worker is free.
 SLOW_FIRST = ["test_demo_job.py", "test_qwen2_audio.py", "test_audio.py", "test_train.py", "test_sweep.py",
-              "test_reference_adiff.py", "test_adiff_job.py"]
+              "test_reference_adiff.py", "test_adiff_job.py", "test_acc_table.py"]
 
 
 def pytest_collection_modifyitems(items):

@@ -421,6 +421,42 @@ class FinetuneConfig(Section):
     tiny: TinyQwenConfig = TinyQwenConfig()
 
 
+# ---- ACC Tables 2 and 3 in miniature (jobs/finetune_qwen2_audio.py with acc_table.enabled)
+class AccBaseConfig(Section):
+    """ACC Table 2's starting model in miniature: the stand-in for the pretrained Qwen2-Audio. A random
+    ``finetune.tiny`` model fully finetuned (audio tower and projector too) on the build's AC training captions and
+    on label questions: the classification question over fresh renders of the bank's event kinds, and "which sounds"
+    over the AC clips' labels. Made once per fingerprint (its config and data) and reused."""
+
+    epochs: int = Field(16, ge=1)  # at 12 the demo's base still answered every label question alike
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: float = Field(0.05, ge=0)
+    micro_batch: int = Field(8, ge=1)
+    label_per_kind: int = Field(6, ge=0)  # classification-question training clips per event kind (0: none)
+    label_lists: bool = False  # also ask "which sounds are in the audio" of every AC training clip
+    # epochs on the label questions alone first (their answers need the audio: the tower starts to learn before
+    # the captions' text priors can lower the loss without it)
+    warmup_epochs: int = Field(0, ge=0)
+    zero_stage: int = Field(1, ge=0, le=3)
+
+
+class AccTableConfig(Section):
+    """``jobs/finetune_qwen2_audio.py`` with ``acc_table.enabled``: ACC Tables 2 and 3 in one job. From one base,
+    a LoRA row per finetuning task mixture (``finetune.lora`` / ``lr`` / batch), every row trained on ``budget``
+    examples (a mixture's tasks share it equally), scored on AC captioning and ``evaluate.classify``."""
+
+    enabled: bool = False
+    name: str = Field("acc-table2-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # report folder and MLflow run
+    # each row's task mixture; its name is the tasks joined ("AC+ACC"), as in the paper's Table 2
+    rows: list[list[TaskName]] = Field([["ac"], ["adc"], ["acc"], ["ac", "adc"], ["ac", "acc"]], min_length=1)
+    budget: int = Field(512, ge=1)  # training examples per row, the same for every row
+    parallel: int = Field(2, ge=1)  # rows trained and scored at once (one Ray Train worker each)
+    val_limit: int | None = Field(64, ge=1)  # validation examples per task for the own-task loss table
+    random_reference: bool = True  # also score the untrained random model the base started from
+    base: AccBaseConfig = AccBaseConfig()
+
+
 # ---- the language-model scaling sweep
 class SweepConfig(Section):
     """``jobs/sweep_adiff.py``: ADIFF §5.3 (Table 5, Figure 4) as a Ray Tune grid. One trial per LM of ``sizes`` x
@@ -558,6 +594,7 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     evaluate: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
+    acc_table: AccTableConfig = AccTableConfig()
     study: StudyConfig = StudyConfig()
     serve: ServeConfig = ServeConfig()
 

@@ -42,7 +42,9 @@ def zero_stage(cfg: Config) -> int:
 
 
 def make_recipe(config: dict) -> Recipe:
-    """Recipe factory run on each worker. ``config``: {"app": Config dump (``finetune.model`` absolute or a hub id)}."""
+    """Recipe factory run on each worker. ``config``: {"app": Config dump (``finetune.model`` absolute or a hub id),
+    optionally "examples": {"train": [...], "val": [...]}, example dicts as ``load_examples`` makes them, used instead
+    of the manifests' task mixture (ACC Table 2's equal example budgets, the stand-in base's label questions)}."""
     import torch
 
     from audiopair.models import qwen2_audio as q
@@ -70,6 +72,8 @@ def make_recipe(config: dict) -> Recipe:
                                       checkpointing)
 
     def examples(split: str) -> list[dict]:
+        if config.get("examples"):
+            return list(config["examples"][split])
         return load_examples(cfg.dataset.output_dir, split, ft.task_weights, cfg.train.seed)
 
     def collate(batch: list[dict]) -> dict:
