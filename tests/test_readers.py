@@ -397,3 +397,23 @@ def test_adiff_released_csvs_with_some_audio(tmp_path):
     assert odd.path == str(tmp_path / "ClothoV21" / "validation" / ODD)
     assert len(src.missing()) == len({r[k] for rows in expected.values() for r in rows
                                       for k in ("filepath1", "filepath2")}) - len(present)
+
+
+def test_source_registry_matches_the_config_and_names_unknown_kinds():
+    import typing
+
+    from audiopair.config import DatasetConfig, SourceKind
+    from audiopair.corpus import SOURCES, make_source
+
+    assert set(typing.get_args(SourceKind)) == set(SOURCES)
+    for kind, (module, name) in SOURCES.items():  # every entry imports
+        import importlib
+
+        assert isinstance(getattr(importlib.import_module(module), name), type), kind
+    bad = SourceConfig.model_construct(kind="freesound", name="fs", csv="x.csv", audio_dir=".")
+    with pytest.raises(ValueError, match=r"source 'fs': unknown kind 'freesound'; known kinds: \['adiff_csv', "
+                                         r"'audiocaps', 'clotho', 'demo', 'events'\]"):
+        make_source(bad, DatasetConfig())
+    with pytest.raises(ValueError, match="source 'clotho' of kind 'clotho' needs 'csv'"):
+        make_source(SourceConfig(kind="clotho", audio_dir="."), DatasetConfig())
+    assert type(make_source(SourceConfig(kind="demo"), DatasetConfig())).__name__ == "DemoSource"

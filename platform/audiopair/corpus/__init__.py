@@ -28,22 +28,31 @@ def load_clip(clip: Clip, sample_rate: int, seconds: float | None, pad: str = "z
     return crop_or_pad(x, length, crop_offset(len(x), length, crop, f"{seed}|{clip.id}"), pad)
 
 
-def make_source(scfg: SourceConfig, dcfg: DatasetConfig):
-    """A source object (clips(), missing(), pairs()) for one configured source."""
-    if scfg.kind == "demo":
-        from audiopair.corpus.demo import DemoSource
+# kind -> (module, class): the source readers. A new kind is a reader module here plus its name in
+# ``config.SourceKind`` (tests/test_readers.py checks that the two agree).
+SOURCES: dict[str, tuple[str, str]] = {
+    "demo": ("audiopair.corpus.demo", "DemoSource"),
+    "audiocaps": ("audiopair.corpus.audiocaps", "AudioCapsSource"),
+    "clotho": ("audiopair.corpus.clotho", "ClothoSource"),
+    "events": ("audiopair.corpus.events", "EventFolderSource"),
+    "adiff_csv": ("audiopair.corpus.adiff_csv", "AdiffCsvSource"),
+}
+NEEDS_CSV = {"audiocaps", "clotho", "adiff_csv"}  # file-backed kinds that read a caption / pair CSV
 
-        return DemoSource(dcfg.demo, name=scfg.label)
-    if scfg.csv is None and scfg.kind != "events":
+
+def make_source(scfg: SourceConfig, dcfg: DatasetConfig):
+    """A source object (clips(), missing(), pairs()) for one configured source. Raises ``ValueError`` naming the
+    source for an unknown kind (listing the known ones) or a missing ``csv`` / ``audio_dir``."""
+    import importlib
+
+    if scfg.kind not in SOURCES:
+        raise ValueError(f"source {scfg.label!r}: unknown kind {scfg.kind!r}; known kinds: {sorted(SOURCES)}")
+    module, name = SOURCES[scfg.kind]
+    cls = getattr(importlib.import_module(module), name)
+    if scfg.kind == "demo":
+        return cls(dcfg.demo, name=scfg.label)
+    if scfg.csv is None and scfg.kind in NEEDS_CSV:
         raise ValueError(f"source {scfg.label!r} of kind {scfg.kind!r} needs 'csv' (dataset.sources.N.csv)")
     if scfg.audio_dir is None:
         raise ValueError(f"source {scfg.label!r} of kind {scfg.kind!r} needs 'audio_dir' (dataset.sources.N.audio_dir)")
-    if scfg.kind == "audiocaps":
-        from audiopair.corpus.audiocaps import AudioCapsSource as cls
-    elif scfg.kind == "clotho":
-        from audiopair.corpus.clotho import ClothoSource as cls
-    elif scfg.kind == "events":
-        from audiopair.corpus.events import EventFolderSource as cls
-    else:
-        from audiopair.corpus.adiff_csv import AdiffCsvSource as cls
     return cls(scfg)
