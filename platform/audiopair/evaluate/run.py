@@ -229,8 +229,8 @@ def evaluate_models(checkpoints: dict[str, str | Path], cfg: Config, report_dir:
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         results = list(pool.map(one, checkpoints, checkpoints.values()))
-    md, html = write_report(results, cfg.evaluate.tasks, cfg.evaluate.metrics, report_dir, title)
-    for path in (md, html, Path(report_dir) / "scores.json"):
+    md, page = write_report(results, cfg.evaluate.tasks, cfg.evaluate.metrics, report_dir, title)
+    for path in (md, page, Path(report_dir) / "scores.json"):
         mlflow.log_artifact(str(path), "report")
     return results, md
 

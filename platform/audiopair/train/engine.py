@@ -1,7 +1,7 @@
 """The distributed training loop: Ray Train's TorchTrainer runs it on every worker, DeepSpeed drives the steps.
 
-A *recipe* (train/adiff.py, later the Qwen2-Audio finetune) supplies the pieces: build the model, the train and
-validation examples, a collate function, and how to save the model. This module owns what every recipe shares:
+A *recipe* (train/adiff.py's stages 2-3, train/pretrain.py's stage 1, train/qwen.py's Qwen2-Audio finetune) supplies
+the pieces: build the model, the train and validation examples, a collate function, and how to save the model. This module owns what every recipe shares:
 the DeepSpeed engine (ZeRO stage, precision, micro-batch and accumulation from config), warmup + cosine / step
 schedules, sharding the examples per worker, per-epoch validation, ``ray.train.report`` with checkpoints, and
 resuming from the last checkpoint after a worker or driver failure.
