@@ -52,6 +52,7 @@ class BuildResult:
     clips: int
     resumed_shards: int
     seconds: float
+    render_seconds: float = 0.0  # of ``seconds``, the time rendering shards took (0 when all were done)
 
 
 # ----------------------------------------------------------------------------------------- output folder
@@ -236,6 +237,7 @@ def build_dataset(cfg: DatasetConfig, progress: Lines = print, executor: str = "
     resumed = len(shards) - len(todo)
     progress(f"plan: {len(plan.items)} clips, {len(plan.pairs)} pairs, {len(shards)} shards"
              + (f" ({resumed} already done, resuming)" if resumed else ""))
+    t_render = time.time()
     if todo:
         tty = progress is print  # a bar only for a person at a terminal; callers that collect lines get lines
         with Progress(sum(len(shards[i]) for i in todo), "render", "clips", None if tty else progress,
@@ -244,6 +246,7 @@ def build_dataset(cfg: DatasetConfig, progress: Lines = print, executor: str = "
                 bar.update(clips + rejected, rejected=rejected)
 
             (run_shards_ray if executor == "ray" else run_shards_serial)(todo, shards, plan, cfg, out, on_shard)
+    t_render = time.time() - t_render
 
     unfinished = [i for i in range(len(shards)) if not _marker_path(out, i).exists()]
     if unfinished:
@@ -283,7 +286,7 @@ def build_dataset(cfg: DatasetConfig, progress: Lines = print, executor: str = "
     atomic_write_json(out / "stats.json", stats)
     meta = json.loads((out / "build.json").read_text())
     atomic_write_json(out / "build.json", {**meta, "status": "done" if limit_clips is None else "partial"})
-    return BuildResult(out, counts, n_rejected, len(facts), resumed, time.time() - t0)
+    return BuildResult(out, counts, n_rejected, len(facts), resumed, time.time() - t0, t_render)
 
 
 def _check_rejected(n: int, worst: Counter, total: int, cfg: DatasetConfig, out: Path) -> None:
