@@ -14,10 +14,10 @@ Output folder layout::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-import pickle
 import shutil
 import time
 from collections import Counter
@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from audiopair.config import DatasetConfig
 from audiopair.corpus import make_source
+from audiopair.corpus.base import Clip
 from audiopair.data.fingerprint import changed_files, digest, source_identities
 from audiopair.data.io import JsonlWriter, atomic_write_json
 from audiopair.data.manifest import ManifestWriter
@@ -36,6 +37,7 @@ from audiopair.data.stats import DatasetStats
 from audiopair.data.validate import validate_clips
 from audiopair.progress import DEFAULT_INTERVAL_S, Progress
 from audiopair.tasks import examples as ex
+from audiopair.tasks.edits import RenderItem
 
 Lines = Callable[[str], None]
 
@@ -130,27 +132,45 @@ def _recipe_clips(items: list) -> set[str]:
     return {c for it in items for k in ("clip", "base", "event") if (c := it.recipe.get(k)) is not None}
 
 
-def shard_rows(todo: list[int], shards: list, plan: Plan) -> list[dict]:
-    """One row per shard to render: its index and, pickled, its items and the source clips their recipes name.
-    Each task gets only its own shards' inputs (the whole plan in every worker grew with the plan)."""
-    rows = []
-    for i in todo:
-        clips = {c: plan.clips[c] for c in sorted(_recipe_clips(shards[i])) if c in plan.clips}
-        rows.append({"shard": i, "payload": pickle.dumps((shards[i], clips), protocol=pickle.HIGHEST_PROTOCOL)})
-    return rows
+def render_inputs(items: list[RenderItem], plan: Plan) -> tuple[list[RenderItem], dict[str, Clip]]:
+    """What rendering ``items`` needs: each item's id, split and recipe (captions left out), and the source clips
+    their recipes name (captions and labels left out). A task gets only these for its own shards, never the plan."""
+    slim = [RenderItem(it.id, it.split, it.recipe, []) for it in items]
+    clips = {c: dataclasses.replace(plan.clips[c], captions=(), labels=())
+             for c in sorted(_recipe_clips(items)) if c in plan.clips}
+    return slim, clips
 
 
-def render_shards(batch: dict, cfg_json: dict, out_dir: str):
+def shard_parts(todo: list[int], shards: list, plan: Plan, per_task: int) -> tuple[list[dict], list]:
+    """Rows ``{"shard", "part"}`` for Ray Data, and one object-store reference per part: the ``render_inputs`` of
+    ``per_task`` consecutive shards. The inputs go straight into the object store (no row copies of them on the
+    driver), and each task fetches only its own part."""
+    import ray
+
+    rows, parts = [], []
+    for k in range(0, len(todo), per_task):
+        group = todo[k : k + per_task]
+        parts.append(ray.put({i: render_inputs(shards[i], plan) for i in group}))
+        rows += [{"shard": i, "part": len(parts) - 1} for i in group]
+    return rows, parts
+
+
+def render_shards(batch: dict, parts: list, cfg_json: dict, out_dir: str):
     """Ray Data task: render its shards one by one, yielding a row as each finishes (a generator: Ray Data streams
     each yielded block to the driver at once, so progress moves per shard and no task holds its results)."""
+    import ray
+
     key = json.dumps(cfg_json, sort_keys=True)
     if key not in _CFG_CACHE:
         set_single_thread()
         _CFG_CACHE.clear()
         _CFG_CACHE[key] = DatasetConfig.model_validate(cfg_json)
     cfg = _CFG_CACHE[key]
-    for i, payload in zip(batch["shard"], batch["payload"]):
-        items, clips = pickle.loads(payload)  # made by this build's driver (shard_rows), never read from disk
+    fetched: dict = {}  # the part this batch's shards are in (a batch may straddle two)
+    for i, k in zip(batch["shard"], batch["part"]):
+        if int(k) not in fetched:
+            fetched = {int(k): ray.get(parts[int(k)])}
+        items, clips = fetched[int(k)][int(i)]
         d = process_shard(int(i), items, clips, cfg, out_dir)
         yield {"shard": [int(i)], "clips": [len(d["clips"])], "rejected": [len(d["rejected"])]}
 
@@ -175,12 +195,13 @@ def shard_dataset(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig,
     # Shards stay the unit of resuming (each writes its own done marker).
     workers = min(cfg.num_workers, len(todo))
     per_task = min(MAX_SHARDS_PER_TASK, max(1, math.ceil(len(todo) / (workers * cfg.tasks_per_worker))))
-    ds = ray.data.from_items(shard_rows(todo, shards, plan), override_num_blocks=math.ceil(len(todo) / per_task))
+    rows, parts = shard_parts(todo, shards, plan, per_task)
+    ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(todo) / per_task))
     # Rendering and log-mels need no model, so plain tasks on pooled workers do it (no actor start-up per build);
     # model-based features (encoder embeddings) use an actor pool that loads the model once per actor.
     ds = ds.map_batches(
         render_shards,
-        fn_kwargs={"cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
+        fn_kwargs={"parts": parts, "cfg_json": cfg.model_dump(mode="json"), "out_dir": str(out)},
         batch_size=per_task,
         compute=ray.data.TaskPoolStrategy(size=workers),
         num_cpus=1,
@@ -233,7 +254,7 @@ def build_dataset(cfg: DatasetConfig, progress: Lines = print, executor: str = "
     shards = [plan.items[i : i + cfg.shard_size] for i in range(0, len(plan.items), cfg.shard_size)]
     if limit_clips is not None:
         shards = shards[: math.ceil(limit_clips / cfg.shard_size)]
-    todo = [i for i in range(len(shards)) if not _marker_path(out, i).exists()]
+    todo = [i for i in range(len(shards)) if _marker(out, i) is None]  # an unreadable marker: render it again
     resumed = len(shards) - len(todo)
     progress(f"plan: {len(plan.items)} clips, {len(plan.pairs)} pairs, {len(shards)} shards"
              + (f" ({resumed} already done, resuming)" if resumed else ""))
