@@ -206,3 +206,87 @@ def test_acc_audiocaps_config_builds_from_real_readers(tmp_path):
     assert acc and all(r.meta["op"] in ("add", "delete", "replace") for r in acc)
     add = next(r for r in acc if r.meta["op"] == "add")
     assert add.target.startswith("A man speaks, then a door closes")  # the pre-edit (AudioCaps) caption
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    names = sorted((out / "manifests").glob("*.jsonl")) + [out / "stats.json", out / "rejected.jsonl"]
+    return {str(p.relative_to(out)): p.read_bytes() for p in names}
+
+
+def test_interrupted_build_resumes_to_byte_identical_manifests(tmp_path, monkeypatch):
+    """A build that dies after two shards, then runs again, writes the same bytes as one that never stopped."""
+    import audiopair.data.pipeline as pipeline
+
+    whole = build_dataset(tiny_config(tmp_path / "whole").dataset, executor="serial", **quiet)
+    real, calls = pipeline.process_shard, []
+
+    def dies_at_third(index, *a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")  # as if the job were stopped mid-build
+        calls.append(index)
+        return real(index, *a, **k)
+
+    cfg = tiny_config(tmp_path / "cut").dataset
+    monkeypatch.setattr(pipeline, "process_shard", dies_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(cfg, executor="serial", **quiet)
+    out = Path(cfg.output_dir)
+    assert sorted(p.name for p in (out / "shards").glob("*.json")) == ["shard-00000.json", "shard-00001.json"]
+    assert not (out / "manifests").exists() and json.loads((out / "build.json").read_text())["status"] == "running"
+    monkeypatch.setattr(pipeline, "process_shard", real)
+    again = build_dataset(cfg, executor="serial", **quiet)
+    assert again.resumed_shards == 2 and again.clips == whole.clips
+    assert _outputs(out) == _outputs(Path(whole.out_dir))
+
+
+def test_changed_source_file_is_refused_on_resume_naming_it(tmp_path):
+    """Same path, same size, same mtime, other samples: the sampled content hash sees it."""
+    import os
+
+    cfg = _event_cfg(tmp_path, False)
+    build_dataset(cfg, executor="serial", **quiet)
+    build_dataset(cfg, executor="serial", **quiet)  # unchanged sources resume (nothing to do)
+    target = tmp_path / "events" / "Things" / "ping" / "ping1.wav"
+    st = target.stat()
+    x, sr = sf.read(target, dtype="float32")
+    sf.write(target, -x, sr)  # every sample flipped: same header, same length
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(BuildError, match=r"ping1\.wav \(changed\)") as e:
+        build_dataset(cfg, executor="serial", **quiet)
+    assert "on_existing=overwrite" in str(e.value)
+    res = build_dataset(cfg.model_copy(update={"on_existing": "overwrite"}), executor="serial", **quiet)
+    assert res.resumed_shards == 0
+
+
+def test_changed_csv_answer_is_refused_on_resume(tmp_path):
+    """A released pair's answer is not in the plan: only the CSV's identity shows the edit."""
+    sr = 16000
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name, f in (("one.wav", 440.0), ("two.wav", 880.0)):
+        sf.write(audio / name, (0.3 * np.sin(2 * np.pi * f * np.arange(sr) / sr)).astype(np.float32), sr)
+    csv_path = tmp_path / "val.csv"
+    head = "taskname,filepath1,filepath2,caption1,caption2,input,answer\n"
+    csv_path.write_text(head + "audiocaps,one.wav,two.wav,A low hum,A high tone,explain the difference in few words,Higher.\n")
+    cfg = tiny_config(tmp_path / "ds", "dataset.sources=[{kind: adiff_csv, name: acd, csv: '%s', audio_dir: '%s', "
+                      "split: val}]" % (csv_path, audio)).dataset
+    build_dataset(cfg, executor="serial", **quiet)
+    csv_path.write_text(csv_path.read_text().replace("Higher.", "Louder."))
+    with pytest.raises(BuildError, match=r"val\.csv \(changed\)"):
+        build_dataset(cfg, executor="serial", **quiet)
+
+
+def test_streamed_build_equals_the_in_memory_build(tiny_dataset):
+    """The tiny demo through Ray Data, streamed, gives the bytes the in-memory build (main before issue 15) gave:
+    tests/data/tiny_build_reference.json holds their sha256 and line counts, made by building tiny_config with the
+    old code (executor serial) and hashing manifests/*.jsonl, stats.json and rejected.jsonl."""
+    import hashlib
+
+    from conftest import REPO
+
+    cfg, _ = tiny_dataset
+    expected = json.loads((REPO / "tests" / "data" / "tiny_build_reference.json").read_text())
+    got = {name: {"sha256": hashlib.sha256(b).hexdigest(), "lines": b.count(b"\n")}
+           for name, b in _outputs(Path(cfg.dataset.output_dir)).items()}
+    assert got == expected

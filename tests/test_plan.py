@@ -94,3 +94,23 @@ def test_recipe_rerenders_identically(tmp_path):
         assert np.max(np.abs(x1)) <= 10 ** (cfg.mix.peak_dbfs / 20) + 1e-6
         lo, hi = cfg.mix.snr_db
         assert lo <= item.recipe["snr_db"] <= hi
+
+
+def test_random_pairs_draw_as_the_list_based_rule_did():
+    """The O(1) draw gives the pairs the old O(n) rule gave (a partner outside i .. i+exclude-1, cyclically)."""
+
+    def old_rule(ids, split, per_clip, exclude, rng):
+        n, out = len(ids), []
+        for i in range(n):
+            banned = {(i + k) % n for k in range(exclude)}
+            allowed = [j for j in range(n) if j not in banned]
+            for _ in range(per_clip):
+                j = rng.choice(allowed)
+                out.append((ids[i], ids[j]))
+        return out
+
+    for n, per_clip, exclude in ((6, 1, 5), (7, 2, 5), (40, 3, 5), (13, 1, 1), (9, 2, 8)):
+        ids = [f"c{k:02d}" for k in range(n)]
+        new = random_pairs(ids, "train", per_clip, exclude, random.Random(n))
+        assert [(p.first, p.second) for p in new] == old_rule(ids, "train", per_clip, exclude, random.Random(n))
+        assert all(p.first != p.second for p in new)

@@ -38,6 +38,46 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     return len(lines)
 
 
+class JsonlWriter:
+    """Stream JSON Lines into ``path`` atomically: rows go to a temporary file beside it, which ``close`` renames into
+    place; ``abort`` (or leaving a ``with`` block by an exception) removes it, so ``path`` holds either its old
+    content or every row. Rows are written as ``atomic_write_jsonl`` writes them (sorted keys, UTF-8)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._f = os.fdopen(fd, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, row: Any) -> None:
+        self._f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        self.count += 1
+
+    def close(self) -> int:
+        """Make the file visible under its name; returns the rows written."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        return self.count
+
+    def abort(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All records of a JSONL file; a malformed line raises ValueError naming file and line."""
     out = []

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audiopair.data.io import atomic_write_jsonl
+from audiopair.data.io import JsonlWriter, atomic_write_jsonl
 
 Task = Literal["ac", "adc", "acc", "adiff", "position"]
 Split = Literal["train", "val", "test"]
@@ -86,6 +86,38 @@ def write_manifest(path: str | os.PathLike, records: list[Record | dict]) -> int
     """Validate every record, then write the file atomically."""
     rows = [(r if isinstance(r, Record) else Record.model_validate(r)).model_dump(mode="json") for r in records]
     return atomic_write_jsonl(path, rows)
+
+
+class ManifestWriter:
+    """Stream validated records into ``root/manifests/<task>_<split>.jsonl``, one open file per task and split, in
+    the order they come. Each file is written atomically (``io.JsonlWriter``) when ``close`` returns the counts
+    (``{"task_split": records}``, sorted); an exception inside a ``with`` block leaves the old files untouched.
+    A bad record raises pydantic's ValidationError naming the field."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self._files: dict[tuple[str, str], JsonlWriter] = {}
+
+    def write(self, record: Record | dict) -> None:
+        r = record if isinstance(record, Record) else Record.model_validate(record)
+        key = (r.task, r.split)
+        if key not in self._files:
+            self._files[key] = JsonlWriter(manifest_path(self.root, *key))
+        self._files[key].write(r.model_dump(mode="json"))
+
+    def close(self) -> dict[str, int]:
+        return {f"{t}_{s}": self._files[(t, s)].close() for t, s in sorted(self._files)}
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            f.abort()
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None:
+            self.abort()
 
 
 def manifest_path(root: str | os.PathLike, task: str, split: str) -> Path:

@@ -17,6 +17,7 @@ import numpy as np
 from audiopair.audio import SILENT_DBFS, AudioError, level_dbfs, read_audio
 from audiopair.config import DatasetConfig
 from audiopair.corpus.base import Clip
+from audiopair.progress import Progress
 
 _BATCH = 64  # files per Ray Data task at most: one 10 s clip decodes in milliseconds, a task takes ~0.2 s to schedule
 
@@ -39,6 +40,11 @@ def check_batch(batch: dict) -> dict:
     """Ray Data task: ``{"id", "path", "role"}`` columns in, the same rows with a ``reason`` ("" when good) out."""
     reasons = [check_file(str(p), str(r)) or "" for p, r in zip(batch["path"], batch["role"])]
     return {"id": np.asarray(batch["id"]), "path": np.asarray(batch["path"]), "reason": np.asarray(reasons)}
+
+
+def _bar(total: int, progress: Callable[[str], None]) -> Progress:
+    """Files checked, files/s, ETA: a tqdm bar for ``print`` on a terminal, else a line at most every 15 s."""
+    return Progress(total, "check sources", "files", None if progress is print else progress, heartbeat=True)
 
 
 def validate_clips(
@@ -67,9 +73,17 @@ def validate_clips(
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(check_batch, batch_size=math.ceil(len(rows) / blocks),
                             compute=ray.data.TaskPoolStrategy(size=cfg.num_workers), num_cpus=1)
-        found = {todo[int(r["id"])]: r["reason"] for r in ds.iter_rows()}
+        with _bar(len(todo), progress) as bar:
+            found = {}
+            for r in ds.iter_rows():
+                found[todo[int(r["id"])]] = r["reason"]
+                bar.update(rejected=1 if r["reason"] else 0)
     else:
-        found = {key: check_file(*key) or "" for key in todo}
+        with _bar(len(todo), progress) as bar:
+            found = {}
+            for key in todo:
+                found[key] = check_file(*key) or ""
+                bar.update(rejected=1 if found[key] else 0)
     bad = {cid: reason for key, reason in found.items() if reason for cid in by_path[key]}
     progress(f"validated {len(todo)} source files: {sum(1 for r in found.values() if r)} unusable")
     return bad

@@ -22,6 +22,7 @@ import torch
 from audiopair.audio import AudioError
 from audiopair.config import DecodingConfig
 from audiopair.data.features import FeatureStore
+from audiopair.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -236,21 +237,28 @@ def run_generator(cls: type[Generator], args: tuple, rows: list[dict], batch_siz
     """``{"prediction", "error"}`` per row of ``rows`` (dicts with ``cls.columns``), in order: ``cls(*args)`` in this
     process (``num_actors=0``) or a Ray Data actor pool of ``num_actors`` such objects (``args`` must pickle)."""
     keys = cls.columns
-    if num_actors <= 0:
-        gen = cls(*args)
-        out = []
-        for k in range(0, len(rows), batch_size):
-            chunk = rows[k : k + batch_size]
-            res = gen({key: [r[key] for r in chunk] for key in keys})
-            out += [{"prediction": p, "error": e} for p, e in zip(res["prediction"], res["error"])]
-    else:
-        import ray.data
+    # examples done, examples/s and ETA in the log at most every 15 s (audiopair.progress), and a last line
+    with Progress(len(rows), "generate", "examples", emit=log.info, heartbeat=True) as bar:
+        if num_actors <= 0:
+            gen = cls(*args)
+            out = []
+            for k in range(0, len(rows), batch_size):
+                chunk = rows[k : k + batch_size]
+                res = gen({key: [r[key] for r in chunk] for key in keys})
+                out += [{"prediction": p, "error": e} for p, e in zip(res["prediction"], res["error"])]
+                bar.update(len(chunk))
+        else:
+            import ray.data
 
-        ds = ray.data.from_items([{**{key: r[key] for key in keys}, "order": i} for i, r in enumerate(rows)])
-        ds = ds.map_batches(cls, fn_constructor_args=args, batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus)
-        got = sorted(ds.take_all(), key=lambda r: r["order"])
-        out = [{"prediction": str(r["prediction"]), "error": str(r["error"])} for r in got]
+            ds = ray.data.from_items([{**{key: r[key] for key in keys}, "order": i} for i, r in enumerate(rows)])
+            ds = ds.map_batches(cls, fn_constructor_args=args, batch_size=batch_size, batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=num_actors), num_gpus=num_gpus)
+            got = []
+            for r in ds.iter_rows():
+                got.append(r)
+                bar.update()
+            got.sort(key=lambda r: r["order"])
+            out = [{"prediction": str(r["prediction"]), "error": str(r["error"])} for r in got]
     bad = [o["error"] for o in out if o["error"]]
     if bad:
         log.warning("%d of %d examples skipped: %s", len(bad), len(out), "; ".join(bad[:3]))

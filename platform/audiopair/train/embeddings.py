@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -21,6 +22,9 @@ import torch
 from audiopair.config import EncoderConfig
 from audiopair.data.features import FeatureStore, front_end_of, write_shard
 from audiopair.data.io import atomic_write_text
+from audiopair.progress import Progress
+
+log = logging.getLogger(__name__)
 
 DONE = "done.json"
 
@@ -95,18 +99,25 @@ def _cache(dataset_dir, enc_cfg: EncoderConfig, num_actors: int, num_gpus: float
     if (folder / DONE).is_file():
         return key
     ids = FeatureStore(dataset_dir).ids()
-    if num_actors <= 0:
-        store = FeatureStore(dataset_dir)
-        rows = [(i, e) for k in range(0, len(ids), batch_size)
-                for i, e in zip(ids[k : k + batch_size], embed(encoder, [store[i] for i in ids[k : k + batch_size]]))]
-    else:
-        import ray.data
+    rows = []
+    # clips done, clips/s and ETA in the log at most every 15 s (audiopair.progress), and a last line
+    with Progress(len(ids), "embed", "clips", emit=log.info, heartbeat=True) as bar:
+        if num_actors <= 0:
+            store = FeatureStore(dataset_dir)
+            for k in range(0, len(ids), batch_size):
+                chunk = ids[k : k + batch_size]
+                rows += zip(chunk, embed(encoder, [store[i] for i in chunk]))
+                bar.update(len(chunk))
+        else:
+            import ray.data
 
-        ds = ray.data.from_items([{"id": i} for i in ids]).map_batches(
-            EmbedActor, fn_constructor_args=(enc_cfg.model_dump(mode="json"), str(dataset_dir)),
-            batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_gpus=num_gpus)
-        rows = [(str(r["id"]), np.asarray(r["embedding"])) for r in ds.take_all()]
+            ds = ray.data.from_items([{"id": i} for i in ids]).map_batches(
+                EmbedActor, fn_constructor_args=(enc_cfg.model_dump(mode="json"), str(dataset_dir)),
+                batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
+                num_gpus=num_gpus)
+            for r in ds.iter_rows():
+                rows.append((str(r["id"]), np.asarray(r["embedding"])))
+                bar.update()
     folder.mkdir(parents=True, exist_ok=True)
     write_shard(folder / "part-00000.parquet", sorted(rows, key=lambda r: r[0]))
     atomic_write_text(folder / DONE, json.dumps({"clips": len(rows), "encoder": enc_cfg.pretrained or "random",
