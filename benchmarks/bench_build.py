@@ -41,7 +41,8 @@ from pathlib import Path
 
 from audiopair.config import load_config
 from audiopair.corpus import make_source
-from audiopair.data.pipeline import build_dataset, ensure_ray, run_shards_ray, run_shards_serial
+from audiopair.data.pipeline import build_dataset, run_shards_ray, run_shards_serial
+from audiopair.runtime import ensure_ray
 from audiopair.data.plan import make_plan
 from audiopair.data.render import set_single_thread
 

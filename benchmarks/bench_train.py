@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from audiopair.config import load_config
-from audiopair.data.pipeline import build_dataset, ensure_ray
+from audiopair.data.pipeline import build_dataset
+from audiopair.runtime import ensure_ray
 from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples, make_recipe
 from audiopair.train.engine import micro_batches, fit

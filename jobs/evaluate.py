@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from audiopair import job, tracking
-from audiopair.data.pipeline import ensure_ray
+from audiopair.runtime import ensure_ray
 from audiopair.evaluate.downstream import ClassifySetupError, prepare_all
 from audiopair.evaluate.run import classify_table, comparison_table, evaluate_models
 

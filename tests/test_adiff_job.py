@@ -177,7 +177,7 @@ def test_generation_is_batched_seeded_and_skips_bad_examples(tiny_dataset, check
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         Generator(checkpoint / "tokenizer", ds)
     # the same through a Ray Data actor pool (one model per actor), order kept, bad rows still counted
-    from audiopair.data.pipeline import ensure_ray
+    from audiopair.runtime import ensure_ray
 
     ensure_ray()
     pooled = generate(checkpoint, ds, bad, greedy, batch_size=2, num_actors=1)
@@ -299,7 +299,7 @@ def test_embedding_cache_is_made_once_and_read_only_by_the_same_encoder(tiny_dat
     import numpy as np
 
     from audiopair.data.features import FeatureStore
-    from audiopair.data.pipeline import ensure_ray
+    from audiopair.runtime import ensure_ray
     from audiopair.models.adiff import set_stage
     from audiopair.train.adiff import AudioBank
     from audiopair.train.embeddings import cache_embeddings, cache_kind, cached, embed

@@ -228,7 +228,7 @@ def test_full_finetune_zero3_on_two_workers_saves_the_whole_gathered_model(tiny_
     from safetensors.torch import load_file
 
     from audiopair.config import load_config
-    from audiopair.data.pipeline import ensure_ray
+    from audiopair.runtime import ensure_ray
     from audiopair.train.engine import fit
     from audiopair.train.qwen import finetune_stage, make_recipe
 

@@ -46,7 +46,8 @@ class Job:
 
     def build_dataset(self):
         """Ray, then the dataset of ``cfg.dataset`` (a finished build is reused, an interrupted one resumed)."""
-        from audiopair.data.pipeline import BuildError, build_dataset, ensure_ray
+        from audiopair.data.pipeline import BuildError, build_dataset
+        from audiopair.runtime import ensure_ray
 
         ensure_ray()
         try:

@@ -49,7 +49,7 @@ def generate_explanations(pairs: list[PairItem], items: dict[str, RenderItem], f
     """LLM texts by (pair id, tier); empty texts are left out (the template generator fills them)."""
     import ray
 
-    from audiopair.data.pipeline import ensure_ray
+    from audiopair.runtime import ensure_ray
 
     ecfg = cfg.tasks.explanations
     rows = [

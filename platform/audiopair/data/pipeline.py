@@ -36,6 +36,7 @@ from audiopair.data.render import process_shard, set_single_thread, shard_name
 from audiopair.data.stats import DatasetStats
 from audiopair.data.validate import validate_clips
 from audiopair.progress import DEFAULT_INTERVAL_S, Progress
+from audiopair.runtime import ensure_ray
 from audiopair.tasks import examples as ex
 from audiopair.tasks.edits import RenderItem
 
@@ -173,17 +174,6 @@ def render_shards(batch: dict, parts: list, cfg_json: dict, out_dir: str):
         items, clips = fetched[int(k)][int(i)]
         d = process_shard(int(i), items, clips, cfg, out_dir)
         yield {"shard": [int(i)], "clips": [len(d["clips"])], "rejected": [len(d["rejected"])]}
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster a job was submitted to (RAY_ADDRESS), or start a local instance."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
 
 
 def shard_dataset(todo: list[int], shards: list, plan: Plan, cfg: DatasetConfig, out: Path):

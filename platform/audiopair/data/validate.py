@@ -65,7 +65,7 @@ def validate_clips(
     if executor == "ray":
         import ray
 
-        from audiopair.data.pipeline import ensure_ray
+        from audiopair.runtime import ensure_ray
 
         ensure_ray()
         rows = [{"id": str(i), "path": p, "role": r} for i, (p, r) in enumerate(todo)]
