@@ -12,7 +12,7 @@ import pytest
 
 from audiopair.audio import write_audio
 from audiopair.config import StudyConfig
-from audiopair.data.io import atomic_write_jsonl
+from audiopair.atomic import atomic_write_jsonl
 from audiopair.serve.study import StudyError, build_study, load_study
 
 MODELS = ("adiff", "baseline", "qwen")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from audiopair.atomic import atomic_path
 
 EPS = 1e-10
 
@@ -195,14 +196,8 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int, subtyp
     if not np.isfinite(x).all():
         raise AudioError(p, "refusing to write non-finite samples")
     fmt = p.suffix.lstrip(".").upper() or "FLAC"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         sf.write(tmp, np.clip(x, -1.0, 1.0), sample_rate, subtype=subtype, format=fmt)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # Levels for mixing. A base quieter than SILENT_DBFS (RMS) is silence: the event is placed at SILENT_BASE_EVENT_DBFS

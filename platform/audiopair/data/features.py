@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from audiopair.config import FeatureConfig
-from audiopair.data.io import atomic_write_bytes
+from audiopair.atomic import atomic_write_bytes
 
 
 FRONT_END_KEYS = ("n_mels", "n_fft", "hop_length", "f_min", "f_max", "mel_scale", "mel_norm")

@@ -1,41 +1,13 @@
-"""Atomic file writes and JSON Lines: a reader never sees half a file, a crash never leaves one."""
+"""JSON Lines: streamed atomically (``JsonlWriter``) and read back. Whole files are written with ``audiopair.atomic``."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
-    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-    return len(lines)
+from audiopair.atomic import temp_beside
 
 
 class JsonlWriter:
@@ -45,9 +17,8 @@ class JsonlWriter:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._f = os.fdopen(fd, "w", encoding="utf-8")
+        self._tmp = temp_beside(self.path)
+        self._f = open(self._tmp, "w", encoding="utf-8")
         self.count = 0
 
     def write(self, row: Any) -> None:

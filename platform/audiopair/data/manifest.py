@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from audiopair.data.io import JsonlWriter, atomic_write_jsonl
+from audiopair.atomic import atomic_write_jsonl
+from audiopair.data.io import JsonlWriter
 
 Task = Literal["ac", "adc", "acc", "adiff", "position"]
 Split = Literal["train", "val", "test"]

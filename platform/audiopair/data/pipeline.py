@@ -29,7 +29,8 @@ from audiopair.config import DatasetConfig
 from audiopair.corpus import make_source
 from audiopair.corpus.base import Clip
 from audiopair.data.fingerprint import changed_files, digest, source_identities
-from audiopair.data.io import JsonlWriter, atomic_write_json
+from audiopair.atomic import atomic_write_json
+from audiopair.data.io import JsonlWriter
 from audiopair.data.manifest import ManifestWriter
 from audiopair.data.plan import Plan, make_plan, source_clips
 from audiopair.data.render import process_shard, set_single_thread, shard_name

@@ -16,7 +16,7 @@ from audiopair.config import DatasetConfig
 from audiopair.corpus import load_clip
 from audiopair.corpus.base import Clip
 from audiopair.data import features as feats
-from audiopair.data.io import atomic_write_json
+from audiopair.atomic import atomic_write_json
 from audiopair.tasks import facts as facts_mod
 from audiopair.tasks.edits import RenderItem
 

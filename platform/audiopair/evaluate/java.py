@@ -26,9 +26,10 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from audiopair.atomic import atomic_path
 
 ENV_CACHE = "AUDIOPAIR_AAC_CACHE"
 ENV_JAVA = "AUDIOPAIR_JAVA"
@@ -240,19 +241,12 @@ def _present(p: Path) -> bool:
 
 def _place(src: Path, dst: Path) -> None:
     """Hard-link (else copy) src to a temporary name beside dst, then rename it onto dst (atomic)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         os.unlink(tmp)
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass

@@ -298,7 +298,7 @@ def write_report(results: list[Evaluation], tasks: list[str], metrics: list[str]
     ``folder`` (written atomically): one table per task, the
     downstream classification accuracies (when any ran), the metrics that did not run and why, and every model's
     full scores."""
-    from audiopair.data.io import atomic_write_jsonl, atomic_write_text
+    from audiopair.atomic import atomic_write_jsonl, atomic_write_text
 
     folder = Path(folder)
     md = [f"# {title}", ""]

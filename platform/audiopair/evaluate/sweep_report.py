@@ -140,7 +140,7 @@ def report(trials: list[Trial], cfg: Config, folder: Path, parent: str) -> tuple
     import mlflow
 
     from audiopair import tracking
-    from audiopair.data.io import atomic_write_text
+    from audiopair.atomic import atomic_write_text
 
     folder.mkdir(parents=True, exist_ok=True)
     md = f"# {cfg.sweep.name}: ADIFF language-model scaling on {cfg.dataset.name}\n\n{table5(trials, cfg)}\n"

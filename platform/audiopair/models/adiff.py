@@ -456,14 +456,13 @@ def set_stage(model: AdiffModel, stage: int | str) -> AdiffModel:
 def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None) -> Path:
     """``model.safetensors`` (no pickle; tied LM weights stored once) + ``adiff.json`` (config, vocabulary ids and
     the LM / encoder architectures, so loading needs no hub access). Each file is replaced atomically."""
-    from audiopair.data.io import atomic_write_json
+    from audiopair.atomic import atomic_path, atomic_write_json
 
     model = getattr(model, "module", model)  # a DeepSpeed engine / DDP wrapper
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{WEIGHTS}.tmp"
-    save_file(_unshared_state(model), str(tmp))
-    os.replace(tmp, folder / WEIGHTS)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(_unshared_state(model), str(tmp))
     atomic_write_json(folder / META, {
         "config": model.cfg.model_dump(mode="json"),
         "vocab_size": model.vocab_size, "separator_id": model.separator_id, "eos_id": model.eos_id,

@@ -159,7 +159,7 @@ def plot(rep: Report, study: Study, path: Path) -> Path:
 
 def write_report(rep: Report, study: Study, folder: str | Path) -> dict[str, Path]:
     """``report.md``, ``report.json``, ``ratings.csv`` and ``table3.png`` in ``folder``, each written atomically."""
-    from audiopair.data.io import atomic_write_json, atomic_write_text
+    from audiopair.atomic import atomic_write_json, atomic_write_text
 
     folder = Path(folder)
     paths = {"md": folder / "report.md", "json": folder / "report.json", "csv": folder / "ratings.csv",

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audiopair.config import ScenarioConfig, StudyConfig
-from audiopair.data.io import atomic_write_json, read_jsonl
+from audiopair.atomic import atomic_write_json
+from audiopair.data.io import read_jsonl
 
 DIMENSIONS = ("cor", "gra", "rdb")  # correctness, granularity, readability (ADIFF Table 3's columns)
 DIMENSION_NAMES = {"cor": "Correctness", "gra": "Granularity", "rdb": "Readability"}

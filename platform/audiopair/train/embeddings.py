@@ -21,7 +21,7 @@ import torch
 
 from audiopair.config import EncoderConfig
 from audiopair.data.features import FeatureStore, front_end_of, write_shard
-from audiopair.data.io import atomic_write_text
+from audiopair.atomic import atomic_write_text
 from audiopair.progress import Progress
 
 log = logging.getLogger(__name__)
