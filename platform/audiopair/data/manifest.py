@@ -19,7 +19,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 AUDIO_COUNT = {"ac": 1, "adc": 2, "acc": 2, "adiff": 2, "position": 2}
 
 
-class Recipe(BaseModel):
+class RenderRecipe(BaseModel):
     """How to render an example's audio on the fly instead of reading files (see data/render.py)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +31,7 @@ class Record(BaseModel):
 
     id: str = Field(min_length=1)
     task: Task
-    audio: list[str] | Recipe
+    audio: list[str] | RenderRecipe
     prompt: str = Field(min_length=1)
     target: str = Field(min_length=1)
     references: list[str] = Field(min_length=1)
