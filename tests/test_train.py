@@ -9,7 +9,7 @@ import pytest
 from audiopair.config import load_config
 from audiopair.models.tokenizer import train_tokenizer
 from audiopair.train.adiff import load_examples, make_recipe
-from audiopair.train.engine import micro_batches, deepspeed_config, fit, lr_lambda
+from audiopair.train.engine import KillOnce, deepspeed_config, fit, lr_lambda, micro_batches
 from conftest import REPO, TINY
 
 TINY_MODEL = [
@@ -95,7 +95,7 @@ def test_killed_worker_is_replaced_and_training_resumes(tiny_dataset, tmp_path):
                         "train.max_failures=1")
     marker = tmp_path / "killed.txt"
     res = fit(make_recipe, cfg.train, "grounding", "kill-run",
-              extra={**extra, "stage": "grounding", "fail_at": [2, 1, str(marker)]})
+              extra={**extra, "stage": "grounding", "step_hook": KillOnce(2, 1, str(marker))})
     assert marker.exists(), "the fault was never injected"
     print(res.metrics_dataframe)
     assert res.error is None and res.metrics["epoch"] == 2

@@ -112,7 +112,8 @@ EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")  # wh
 
 def train_loop(config: dict) -> None:
     """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
-    TrainConfig dump, "stage": the stage's name, "system_metrics": ``tracking.worker_system_metrics()`` or absent
+    TrainConfig dump, "stage": the stage's name, "step_hook": a callable run after every optimizer step with
+    ``epoch, step, rank, world`` (tests: ``KillOnce``), "system_metrics": ``tracking.worker_system_metrics()`` or absent
     (rank 0 then logs its machine's system metrics to the stage's MLflow run), plus whatever the recipe factory
     reads}."""
     import deepspeed
@@ -188,10 +189,8 @@ def train_loop(config: dict) -> None:
             engine.step()
             losses.append(float(out.loss.detach()))
             seen += len(batch)
-            fail = config.get("fail_at")  # fault injection for tests: [epoch, step, marker file]
-            if fail and (epoch, i) == (fail[0], fail[1]) and rank == world - 1 and not Path(fail[2]).exists():
-                Path(fail[2]).write_text(f"worker {rank} killed at epoch {epoch} step {i}")
-                os._exit(1)
+            if config.get("step_hook"):  # a test's probe (e.g. ``KillOnce``); nothing in production sets one
+                config["step_hook"](epoch=epoch, step=i, rank=rank, world=world)
         train_seconds = time.perf_counter() - t0
         val_loss = evaluate_loss(engine, recipe, val_ex, rank, world, micro, device)
         metrics = {
@@ -348,3 +347,18 @@ def fit_stage(recipe_factory, train_cfg, stage: str, run_name: str, extra: dict 
     with fs.open_output_stream(f"{root}/{run_name}/audiopair_done.json") as f:
         f.write(json.dumps({"checkpoint": res.checkpoint.path, "metrics": metrics}).encode())
     return res.checkpoint, metrics, res
+
+
+@dataclass
+class KillOnce:
+    """A ``step_hook`` for fault-tolerance tests: the last rank exits abruptly at (``epoch``, ``step``) unless
+    ``marker`` exists, which it writes first, so the replacement worker group runs on."""
+
+    epoch: int
+    step: int
+    marker: str
+
+    def __call__(self, epoch: int, step: int, rank: int, world: int) -> None:
+        if (epoch, step) == (self.epoch, self.step) and rank == world - 1 and not Path(self.marker).exists():
+            Path(self.marker).write_text(f"worker {rank} killed at epoch {epoch} step {step}")
+            os._exit(1)

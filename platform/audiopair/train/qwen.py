@@ -106,7 +106,7 @@ def finetune_stage(cfg: Config) -> tuple:
 def finetune_qwen2_audio(cfg: Config, say=print, extra: dict | None = None):
     """Train; returns ``(checkpoint, final metrics, Ray Result or None)``. A finished run (same ``finetune.run_name``
     and storage) is not trained again; an interrupted one resumes from its last epoch. ``extra`` goes to the loop's
-    config (tests inject a worker failure with it)."""
+    config (tests pass a ``step_hook`` with it)."""
     from audiopair.train.engine import fit_stage
 
     tc, stage = finetune_stage(cfg)
