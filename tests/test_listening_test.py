@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audiopair.atomic import atomic_write_jsonl
 from audiopair.audio import write_audio
 from audiopair.config import StudyConfig
-from audiopair.atomic import atomic_write_jsonl
 from audiopair.serve.study import StudyError, build_study, load_study
 
 MODELS = ("adiff", "baseline", "qwen")

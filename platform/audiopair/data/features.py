@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from audiopair.config import FeatureConfig
 from audiopair.atomic import atomic_write_bytes
+from audiopair.config import FeatureConfig
 
 
 FRONT_END_KEYS = ("n_mels", "n_fft", "hop_length", "f_min", "f_max", "mel_scale", "mel_norm")

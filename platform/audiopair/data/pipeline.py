@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from audiopair.atomic import atomic_write_json
 from audiopair.config import DatasetConfig
 from audiopair.corpus import make_source
 from audiopair.corpus.base import Clip
 from audiopair.data.fingerprint import changed_files, digest, source_identities
-from audiopair.atomic import atomic_write_json
 from audiopair.data.io import JsonlWriter
 from audiopair.data.manifest import ManifestWriter
 from audiopair.data.plan import Plan, make_plan, source_clips

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from audiopair.atomic import atomic_write_json
 from audiopair.audio import AudioError, mix_at_snr, write_audio
 from audiopair.config import DatasetConfig
 from audiopair.corpus import load_clip
 from audiopair.corpus.base import Clip
 from audiopair.data import features as feats
-from audiopair.atomic import atomic_write_json
 from audiopair.tasks import facts as facts_mod
 from audiopair.tasks.edits import RenderItem
 

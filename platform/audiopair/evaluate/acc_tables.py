@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from audiopair.config import Config, ConfigError
 from audiopair.atomic import atomic_write_json, atomic_write_text
+from audiopair.config import Config, ConfigError
 from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.evaluate.classify import _readable, classification_prompt, demo_label_csv, demo_labels, read_label_csv
 from audiopair.evaluate.downstream import prepare_all

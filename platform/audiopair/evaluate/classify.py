@@ -38,8 +38,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from audiopair.corpus._csv import join_broken_rows, physical_rows
 from audiopair.atomic import atomic_write_bytes, atomic_write_text
+from audiopair.corpus._csv import join_broken_rows, physical_rows
 
 log = logging.getLogger(__name__)
 

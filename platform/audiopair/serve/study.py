@@ -26,8 +26,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from audiopair.config import ScenarioConfig, StudyConfig
 from audiopair.atomic import atomic_write_json
+from audiopair.config import ScenarioConfig, StudyConfig
 from audiopair.data.io import read_jsonl
 
 DIMENSIONS = ("cor", "gra", "rdb")  # correctness, granularity, readability (ADIFF Table 3's columns)

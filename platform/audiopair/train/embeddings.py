@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from audiopair.atomic import atomic_write_text
 from audiopair.config import EncoderConfig
 from audiopair.data.features import FeatureStore, front_end_of, write_shard
-from audiopair.atomic import atomic_write_text
 from audiopair.progress import Progress
 
 log = logging.getLogger(__name__)
