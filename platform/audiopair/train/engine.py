@@ -27,6 +27,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from audiopair.progress import Progress
+
 
 @dataclass
 class Recipe:
@@ -181,6 +183,9 @@ def train_loop(config: dict) -> None:
         t0, seen, tokens, losses = time.perf_counter(), 0, 0, []
         batches = micro_batches(train_ex, rank, world, micro, epoch, tc.seed, shuffle=True,
                                 length=recipe.length)
+        # rank 0's steps, a line at most every 15 s in the worker's log (Ray's worker logs, the dashboard)
+        bar = Progress(len(batches), f"{config['stage']} epoch {epoch + 1}/{stage_cfg.epochs}", "steps",
+                       emit=print, heartbeat=True) if rank == 0 else None
         for i, batch in enumerate(batches):
             inputs = recipe.collate(batch)
             tokens += recipe.tokens(inputs) if recipe.tokens else 0
@@ -189,8 +194,12 @@ def train_loop(config: dict) -> None:
             engine.step()
             losses.append(float(out.loss.detach()))
             seen += len(batch)
+            if bar is not None:
+                bar.update(1)
             if config.get("step_hook"):  # a test's probe (e.g. ``KillOnce``); nothing in production sets one
                 config["step_hook"](epoch=epoch, step=i, rank=rank, world=world)
+        if bar is not None:
+            bar.close()
         train_seconds = time.perf_counter() - t0
         val_loss = evaluate_loss(engine, recipe, val_ex, rank, world, micro, device)
         metrics = {
