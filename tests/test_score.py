@@ -208,6 +208,16 @@ def test_one_candidate_and_line_breaks(env):
     assert set(rep.seconds) >= {"setup", "tokenize", "bleu_1"}
 
 
+def test_scoring_reports_its_steps_through_progress(env):
+    lines: list[str] = []
+    reps = score_groups(["a dog barks", "rain falls"], [["a dog barks"], ["rain is falling"]], {"all": [0, 1], "one": [0]},
+                        metrics=("bleu_1", "cider_d"), progress=lines.append, device="cpu")
+    assert set(reps) == {"all", "one"}
+    steps = 3 + 2 * 2  # setup, import, tokenize; then 2 groups x 2 metrics
+    assert lines[0] == "score: locating Java and the aac-metrics jars"
+    assert lines[-1].startswith(f"score: {steps}/{steps} steps (100.0%), ") and lines[-1].endswith(", done")
+
+
 def test_cache_setup_is_idempotent_atomic_and_env_overridable(tmp_path, monkeypatch):
     target = tmp_path / "env-cache"
     monkeypatch.setenv(jv.ENV_CACHE, str(target))

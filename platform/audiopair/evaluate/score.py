@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from audiopair.evaluate.java import aac_cache_dir, ensure_aac_cache, find_java, patch_aac_java_check, spice_missing
+from audiopair.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +353,19 @@ def score_groups(
     In ``seconds``, steps shared by the groups (setup, import, tokenize, meteor, spice, fense) carry the same
     shared wall time in every group's report; the others are that group's own time."""
     say = progress or (lambda msg: None)
+    # a line at most every 15 s (a heartbeat through METEOR's and SPICE's long Java calls), and a last one
+    with Progress(0, "score", "steps", emit=say, heartbeat=progress is not None) as bar:
+        return _score_groups(bar, say, candidates, references, groups, metrics, cache_path, java_path, tmp_path,
+                             device, sbert_model, echecker)
+
+
+def _score_groups(bar: Progress, say: Callable[[str], None], candidates, references, groups, metrics, cache_path,
+                  java_path, tmp_path, device, sbert_model, echecker) -> dict[str, ScoreReport]:
+    """``score_groups``' work; ``bar`` counts its steps: the shared ones, then one per group and metric."""
     cands, mrefs = _check_inputs(candidates, references)
     group_idx = _check_groups(groups, len(cands))
     requested, needed = _resolve_metrics(metrics)
+    bar.total = 3 + sum(m in needed for m in ("meteor", "spice", "fense")) + len(group_idx) * len(needed)
     if echecker not in ECHECKERS:
         raise ValueError(f"unknown echecker {echecker!r}; expected one of {ECHECKERS}")
 
@@ -368,6 +379,7 @@ def score_groups(
     cache_s, java_s = str(cache), java.path
     tmp_s = None if tmp_path is None else str(tmp_path)
     shared_s["setup"] = time.perf_counter() - t0
+    bar.update()
 
     t0 = time.perf_counter()
     say("score: importing aac-metrics")
@@ -383,6 +395,7 @@ def score_groups(
     from aac_metrics.utils.tokenization import preprocess_mono_sents
 
     shared_s["import"] = time.perf_counter() - t0
+    bar.update()
 
     # PTB tokenizer: one JVM for candidates and all references (aac_metrics.evaluate starts it twice; it works line
     # by line, so the tokens are identical).
@@ -395,6 +408,7 @@ def score_groups(
         tok_mrefs.append(tok_flat[k : k + len(refs)])
         k += len(refs)
     shared_s["tokenize"] = time.perf_counter() - t0
+    bar.update()
     used = sorted({i for idx in group_idx.values() for i in idx})  # items in at least one group
 
     # Shared runs: METEOR (one JVM, one EVAL per group), SPICE (per-item scores, sliced per group), FENSE models.
@@ -404,6 +418,9 @@ def score_groups(
         t0 = time.perf_counter()
         meteor_outs = _meteor_groups(tok_cands, tok_mrefs, group_idx, cache, java_s)
         shared_s["meteor"] = time.perf_counter() - t0
+
+    if "meteor" in needed:
+        bar.update()
 
     spice_items: dict[int, float] = {}
     if "spice" in needed:
@@ -433,6 +450,9 @@ def score_groups(
                 )
             shared_s["spice"] = time.perf_counter() - t0
 
+    if "spice" in needed:
+        bar.update()
+
     fense_models = None
     if "fense" in needed:
         missing = fense_missing(sbert_model, echecker)
@@ -453,6 +473,9 @@ def score_groups(
                     f"Fetch with (internet needed): {fetch_command('fense', cache)}"
                 )
             shared_s["fense"] = time.perf_counter() - t0
+
+    if "fense" in needed:
+        bar.update()
 
     simple = {"bleu_1": bleu_1, "bleu_2": bleu_2, "bleu_3": bleu_3, "bleu_4": bleu_4, "rouge_l": rouge_l}
     info = {
@@ -528,6 +551,7 @@ def score_groups(
                         f"SPIDEr-FL needs SPIDEr and FENSE ({why}). Fetch with: {fetch_command('spider_fl', cache)}"
                     )
 
+        bar.update(len(needed))
         values: dict[str, float] = {}
         per_item: dict[str, list[float]] = {}
         for name in needed:  # every score computed, aac-metrics' names, except vocab.cands -> vocab
