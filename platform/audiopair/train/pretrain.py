@@ -164,7 +164,7 @@ def make_encoder_recipe(config: dict) -> Recipe:
         if "clip" in e:
             return torch.from_numpy(state.setdefault("store", FeatureStore(ds))[e["clip"]])
         key = json.dumps({k: v for k, v in e.items() if k != "labels"}, sort_keys=True)
-        cache = state.setdefault("extra", {})  # rendered once per worker (~50 KB each at the demo's size)
+        cache = state.setdefault("extra", {})  # rendered once per worker (~100 KB each at the demo's size)
         if key not in cache:
             cache[key] = torch.from_numpy(render_extra(e, state["clips"], cfg))
         return cache[key]
