@@ -58,8 +58,9 @@ def _hms(seconds: float | None) -> str:
 class Progress:
     """Count ``total`` units of a step called ``desc``.
 
-    ``emit``: where log lines go (``print``, a logger's ``info``, a test's list.append); with ``emit=None`` a tqdm
-    bar is drawn when stderr is a terminal, else lines go to ``print``. ``on_report`` (optional) receives each
+    ``emit``: where log lines go (``print``, a logger's ``info``, a test's list.append); with ``emit=None`` or
+    ``print`` (a person may be watching) a tqdm bar is drawn when stderr is a terminal, else lines go to ``print``;
+    any other callable (a log, a collector) always gets lines. ``on_report`` (optional) receives each
     ``Report`` as well. ``interval``: at least this many seconds between two lines. ``heartbeat``: a daemon thread
     polls every ``interval / 10`` s (real time), so a stalled step still reports; off by default, and tests
     drive ``poll`` with a fake ``clock`` (seconds, ``time.monotonic`` by default) instead.
@@ -76,7 +77,7 @@ class Progress:
         self._start = clock()
         self._last: float | None = None  # when the last line went out
         self._bar = None
-        if emit is None and sys.stderr.isatty():
+        if (emit is None or emit is print) and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", mininterval=0.5, dynamic_ncols=True)

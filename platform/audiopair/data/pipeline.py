@@ -251,8 +251,8 @@ def build_dataset(cfg: DatasetConfig, progress: Lines = print, executor: str = "
              + (f" ({resumed} already done, resuming)" if resumed else ""))
     t_render = time.time()
     if todo:
-        tty = progress is print  # a bar only for a person at a terminal; callers that collect lines get lines
-        with Progress(sum(len(shards[i]) for i in todo), "render", "clips", None if tty else progress,
+        # a bar for ``print`` at a terminal; callers that collect lines get lines
+        with Progress(sum(len(shards[i]) for i in todo), "render", "clips", progress,
                       interval=interval, heartbeat=True) as bar:
             def on_shard(index: int, clips: int, rejected: int) -> None:
                 bar.update(clips + rejected, rejected=rejected)
@@ -346,12 +346,6 @@ def iter_records(plan: Plan, facts: dict, render_info: dict, cfg: DatasetConfig,
         for p in pairs():
             if p.op == "random":
                 yield from ex.position_examples(p, items, facts, path, cfg.tasks.position_kinds)
-
-
-def make_records(plan: Plan, facts: dict, render_info: dict, cfg: DatasetConfig, progress: Callable[[str], None]
-                 ) -> list[dict]:
-    """``iter_records`` as a list (small plans, tests)."""
-    return list(iter_records(plan, facts, render_info, cfg, progress))
 
 
 def load_build(out_dir: str | Path) -> dict:

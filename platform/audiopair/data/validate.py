@@ -44,7 +44,7 @@ def check_batch(batch: dict) -> dict:
 
 def _bar(total: int, progress: Callable[[str], None]) -> Progress:
     """Files checked, files/s, ETA: a tqdm bar for ``print`` on a terminal, else a line at most every 15 s."""
-    return Progress(total, "check sources", "files", None if progress is print else progress, heartbeat=True)
+    return Progress(total, "check sources", "files", progress, heartbeat=True)
 
 
 def validate_clips(

@@ -33,7 +33,9 @@ from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.evaluate.classify import _readable, classification_prompt, demo_label_csv, demo_labels, read_label_csv
 from audiopair.evaluate.downstream import prepare_all
 from audiopair.evaluate.run import evaluate_checkpoint
-from audiopair.train import acc_table as T
+from audiopair.train.acc_table import (budget_examples, digest, examples_digest, slug, train_base, train_row,
+                                       val_examples)
+from audiopair.train.qwen import load_examples
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def base_examples(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, list[di
         labels[split] = label_questions(cfg, f"demo_cls_{split}", per_kind) if b.label_per_kind else []
         if b.label_lists:
             labels[split] += label_lists(ds, split)
-        out[split] = T.load_examples(ds, split, {"ac": 1.0}, seed) + labels[split]
+        out[split] = load_examples(ds, split, {"ac": 1.0}, seed) + labels[split]
     return out, labels
 
 
@@ -94,7 +96,7 @@ def tokenizer_texts(cfg: Config, examples: list[dict]) -> list[str]:
     finetuning tasks' words too) and the base's own examples."""
     texts = []
     for task in TASKS:
-        texts += [t for e in T.load_examples(cfg.dataset.output_dir, "train", {task: 1.0}, 0)
+        texts += [t for e in load_examples(cfg.dataset.output_dir, "train", {task: 1.0}, 0)
                   for t in (e["prompt"], e["target"])]
     return texts + [t for e in examples for t in (e["prompt"], e["target"])]
 
@@ -162,7 +164,6 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
     """Base, rows, scores and the report (``acc_table``); MLflow child runs of run id ``parent``. Returns the
     Markdown report's path and the report dict."""
     from audiopair import tracking
-    from audiopair.train.acc_table import budget_examples, digest, examples_digest, slug, train_base, train_row
 
     at, ft, ds, seed = cfg.acc_table, cfg.finetune, cfg.dataset.output_dir, cfg.train.seed
     if not ft.tiny.enabled:
@@ -182,7 +183,7 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
 
     report_dir = Path(cfg.work_dir) / "reports" / at.name
     sets = prepare_all(cfg)
-    val = {t: T.val_examples(ds, t, at.val_limit, seed) for t in TASKS}
+    val = {t: val_examples(ds, t, at.val_limit, seed) for t in TASKS}
     ev = eval_config(cfg).evaluate
     score_fp = digest({"evaluate": ev.model_dump(mode="json"), "val": {t: examples_digest(v) for t, v in val.items()},
                        "dataset": cfg.dataset.name, "version": VERSION})
@@ -237,13 +238,15 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
 
     with ThreadPoolExecutor(max_workers=at.parallel) as pool:
         jobs = {}
+
+        def score_random() -> None:  # the random model the base starts from, scored beside the other work
+            jobs[RANDOM] = pool.submit(model_run, RANDOM, "random", f"{base_fp}-{score_fp}", lambda _: (random_dir, {}))
+
         if at.random_reference and (random_dir / "config.json").is_file():
-            jobs[RANDOM] = pool.submit(model_run, RANDOM, "random", f"{base_fp}-{score_fp}",
-                                       lambda _: (random_dir, {}))
+            score_random()
         base = model_run(BASE, "base", f"{base_fp}-{score_fp}", make_base)  # stage 1: every row starts here
         if at.random_reference and RANDOM not in jobs:  # made by the base's stage just now
-            jobs[RANDOM] = pool.submit(model_run, RANDOM, "random", f"{base_fp}-{score_fp}",
-                                       lambda _: (random_dir, {}))
+            score_random()
         lora = ft.model_dump(include={"lora", "lr", "weight_decay", "warmup_steps", "micro_batch", "grad_accum",
                                       "max_answer_tokens", "system_prompt", "max_audio_seconds"}, mode="json")
         for tasks in at.rows:
@@ -346,7 +349,6 @@ def write_report(rep: dict, folder: str | Path) -> Path:
     values as ``table2/<row>/<metric>`` and Table 3's as ``table3/<row>/<set>``."""
     import mlflow
 
-    from audiopair.train.acc_table import slug
 
     folder = Path(folder)
     atomic_write_json(folder / "report.json", rep)

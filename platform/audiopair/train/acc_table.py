@@ -20,6 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
+from audiopair.atomic import atomic_write_json
 from audiopair.config import Config
 from audiopair.train.qwen import load_examples
 
@@ -116,7 +117,7 @@ def train_base(cfg: Config, examples: dict, texts: list[str], folder: Path, pare
     if not (random_dir / META).is_file():
         make_tiny(random_dir, texts, cfg.finetune.tiny)
         # marked as a full model folder, so the random starting point can be scored like any finetuned one
-        (random_dir / META).write_text(json.dumps({"method": "full", "base": str(random_dir.resolve())}))
+        atomic_write_json(random_dir / META, {"method": "full", "base": str(random_dir.resolve())})
     b, start = cfg.acc_table.base, random_dir
     if warmup and b.warmup_epochs:
         start = _fit(base_config(cfg, random_dir, folder.name + "-warmup", b.warmup_epochs), warmup, parent,
