@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 
 from audiopair import job, tracking
+from audiopair.evaluate.metrics import headline
 from audiopair.evaluate.run import comparison_table, evaluate_models
 from audiopair.train.adiff import final_model_uris, train_adiff
 from audiopair.train.engine import local_dir
@@ -48,8 +49,7 @@ def main(run: job.Job) -> int:
 
     for task in cfg.evaluate.tasks:
         print(f"\n{task} on {cfg.dataset.name}/{cfg.evaluate.split}\n" +
-              comparison_table(results, task, [m for m in cfg.evaluate.metrics if m in ("bleu_4", "meteor",
-                               "rouge_l", "cider_d", "spider", "spice")]))
+              comparison_table(results, task, headline(cfg.evaluate.metrics)))
     say(f"done: report {md}, MLflow run {parent.info.run_id}")
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from audiopair.evaluate import java as jv
+from audiopair.evaluate import metrics as mx
 from audiopair.evaluate.score import ALL_METRICS, ScoreReport, fetch_command, metric_key, score, score_groups
 
 # A fixed set: 1-5 references per item; a near match, an exact copy of a reference, an unrelated caption,
@@ -218,6 +219,66 @@ def test_scoring_reports_its_steps_through_progress(env):
     assert lines[-1].startswith(f"score: {steps}/{steps} steps (100.0%), ") and lines[-1].endswith(", done")
 
 
+# ------------------------------------------------------------------------------------------------- the registry
+def test_registry_is_consistent_and_drives_the_comparison_table():
+    import ast
+
+    assert ALL_METRICS == tuple(mx.REGISTRY)
+    for name, m in mx.REGISTRY.items():
+        assert m.resource is None or m.resource in mx.RESOURCES, name
+        for dep in m.depends:  # registered, and earlier in the table (the table's order is the compute order)
+            assert dep in mx.REGISTRY, (name, dep)
+            assert list(mx.REGISTRY).index(dep) < list(mx.REGISTRY).index(name), (name, dep)
+    assert mx.closure(["spider_fl"]) == ["cider_d", "spice", "spider", "fense", "spider_fl"]
+    assert mx.headline(ALL_METRICS) == ["bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider"]
+    assert mx.headline(["spider", "vocab", "bleu_4"]) == ["spider", "bleu_4"]  # the config's order is kept
+
+    # the job's table asks the registry: it calls headline() and names no metric itself
+    job = Path(__file__).parents[1] / "jobs" / "train_adiff.py"
+    tree = ast.parse(job.read_text())
+    assert any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "headline" for n in ast.walk(tree))
+    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not literals & set(ALL_METRICS), literals & set(ALL_METRICS)
+
+
+def test_fetch_commands_come_from_the_resources(tmp_path):
+    spice, fense = fetch_command("spice", tmp_path), fetch_command("fense", tmp_path)
+    assert spice.startswith(f"aac-metrics-download --cache_path {tmp_path} ") and "--spice true --fense false" in spice
+    assert "--cache_path" not in fense and "--spice false --fense true" in fense
+    assert fetch_command("spider", tmp_path) == spice and fetch_command("spider_fl", tmp_path) == f"{spice} && {fense}"
+    with pytest.raises(ValueError, match="needs nothing beyond PyPI"):
+        fetch_command("meteor")
+    with pytest.raises(ValueError, match="unknown metric 'bleu'; known: bleu_1, bleu_2, "):
+        fetch_command("bleu")
+
+
+def test_unknown_metric_is_refused_listing_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        score(["a"], [["a"]], metrics=("bleu_4", "spidr"))
+    assert str(err.value) == f"unknown metric 'spidr'; known: {', '.join(ALL_METRICS)}"
+
+
+def test_a_metric_added_to_the_registry_alone_is_scored(env, monkeypatch):
+    """A new row is all a metric needs: it runs after its dependency, sees its outputs, and an Unavailable it
+    raises is reported with its reason (and the requested metric that depends on nothing missing still runs)."""
+    import torch
+
+    def words(ctx, g):
+        assert "bleu_1" in g.outs  # its dependency ran first, in the same group
+        n = torch.tensor([float(len(c.split())) for c in g.cands], dtype=torch.float64)
+        return {"words": n.mean()}, {"words": n}
+
+    def broken(ctx, g):
+        raise mx.Unavailable("needs a tool this machine lacks")
+
+    monkeypatch.setitem(mx.REGISTRY, "words", mx.Metric(words, depends=("bleu_1",)))
+    monkeypatch.setitem(mx.REGISTRY, "broken", mx.Metric(broken))
+    rep = score(["a dog barks", "rain falls on a roof"], [["a dog barks"], ["rain"]], metrics=("words", "broken"))
+    assert rep.per_item["words"] == [3.0, 5.0] and rep.values["words"] == 4.0 and "bleu_1" in rep.values
+    assert rep.unavailable == {"broken": "needs a tool this machine lacks"} and "broken" not in rep.values
+    assert "words" in rep.seconds and "broken" not in rep.seconds
+
+
 def test_cache_setup_is_idempotent_atomic_and_env_overridable(tmp_path, monkeypatch):
     target = tmp_path / "env-cache"
     monkeypatch.setenv(jv.ENV_CACHE, str(target))
@@ -322,13 +383,11 @@ def test_fense_spider_and_spider_fl_run_when_their_files_exist(tmp_path, monkeyp
     import huggingface_hub.constants as hfc
     from aac_metrics.functional import fense
 
-    import audiopair.evaluate.score as sc
-
     data, sbert = _tiny_fense_models(tmp_path)
     monkeypatch.setenv("FENSE_DATA", str(data))
     monkeypatch.setattr(aac_metrics.functional, "spice", _fake_spice)
     monkeypatch.setattr(sys.modules["aac_metrics.functional.spider"], "spice", _fake_spice)
-    monkeypatch.setattr(sc, "spice_missing", lambda cache: [])
+    monkeypatch.setattr(mx, "spice_missing", lambda cache: [])
     offline_before, env_before = hfc.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")
 
     metrics = ("spider", "fense", "spider_fl")
