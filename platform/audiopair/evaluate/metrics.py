@@ -165,7 +165,7 @@ def _spider_fl(ctx: ScoringContext, g: Group) -> Outputs:
 def _meteor_run(ctx: ScoringContext) -> None:
     ctx.say("score: meteor")
     with ctx.timed("meteor"):
-        ctx.shared["meteor"] = _meteor_groups(ctx.tok_cands, ctx.tok_mrefs, ctx.groups, ctx.cache, ctx.java)
+        ctx.shared["meteor"] = _meteor_groups(ctx)
 
 
 def _spice_run(ctx: ScoringContext) -> None:
@@ -237,13 +237,13 @@ class Metric:
     depends   metrics it is computed from (computed first, in the same group).
     resource  key of :data:`RESOURCES` it needs, or None (it only combines its dependencies).
     headline  shown in comparison tables (``jobs/train_adiff.py``).
-    shared    its work is the shared resource run: the group only slices it, so its time is the shared one."""
+    sliced    its work is the shared resource run: the group only slices it, so its time is the shared one."""
 
     scorer: Callable[[ScoringContext, Group], Outputs]
     depends: tuple[str, ...] = ()
     resource: str | None = "ptb"
     headline: bool = False
-    shared: bool = False
+    sliced: bool = False
 
 
 # The order is the compute order: every metric comes after the metrics it depends on.
@@ -252,10 +252,10 @@ REGISTRY: dict[str, Metric] = {
     "bleu_2": Metric(_aac("bleu_2")),
     "bleu_3": Metric(_aac("bleu_3")),
     "bleu_4": Metric(_aac("bleu_4"), headline=True),
-    "meteor": Metric(_meteor, resource="meteor", headline=True, shared=True),
+    "meteor": Metric(_meteor, resource="meteor", headline=True, sliced=True),
     "rouge_l": Metric(_aac("rouge_l"), headline=True),
     "cider_d": Metric(_cider_d, headline=True),
-    "spice": Metric(_spice, resource="spice", headline=True, shared=True),
+    "spice": Metric(_spice, resource="spice", headline=True, sliced=True),
     "spider": Metric(_spider, depends=("cider_d", "spice"), resource=None, headline=True),
     "fense": Metric(_fense, resource="fense"),
     "spider_fl": Metric(_spider_fl, depends=("spider", "fense"), resource=None),
@@ -370,9 +370,7 @@ def _hf_offline():
 
 
 # ------------------------------------------------------------------------------------------------------- METEOR
-def _meteor_groups(
-    tok_cands: list[str], tok_mrefs: list[list[str]], groups: dict[str, list[int]], cache: Path, java: str
-) -> dict[str, tuple[dict, dict]]:
+def _meteor_groups(ctx: ScoringContext) -> dict[str, Outputs]:
     """aac_metrics.functional.meteor's protocol with one JVM for several groups: a SCORE line per item (the JVM
     answers with its statistics), then one EVAL line per group (sentence scores, then the corpus score). Same jar,
     same command line, same encoding; one EVAL per group gives what a separate aac-metrics call on that subset gives."""
@@ -381,48 +379,32 @@ def _meteor_groups(
     import torch
     from aac_metrics.functional.meteor import FNAME_METEOR_JAR, _encode_cand_and_refs
 
-    cmd = [
-        java,
-        "-Duser.country=US",
-        "-Duser.language=en",
-        "-jar",
-        "-Xmx2G",
-        str(cache / FNAME_METEOR_JAR),
-        "-",
-        "-",
-        "-stdio",
-        "-l",
-        "en",
-        "-norm",
-    ]
-    used = sorted({i for idx in groups.values() for i in idx})
+    cmd = [ctx.java, "-Duser.country=US", "-Duser.language=en", "-jar", "-Xmx2G", str(ctx.cache / FNAME_METEOR_JAR),
+           "-", "-", "-stdio", "-l", "en", "-norm"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdin is not None and proc.stdout is not None
 
     def readline(what: str) -> str:
         line = proc.stdout.readline().decode().strip()
         if not line:
-            raise RuntimeError(
-                f"METEOR ({' '.join(cmd)}) stopped answering while reading {what} (exit code {proc.poll()})"
-            )
+            raise RuntimeError(f"METEOR ({' '.join(cmd)}) stopped answering while reading {what} "
+                               f"(exit code {proc.poll()})")
         return line
 
     try:
         stats = {}
-        for i in used:
-            proc.stdin.write(_encode_cand_and_refs(tok_cands[i], tok_mrefs[i]))
+        for i in ctx.used:
+            proc.stdin.write(_encode_cand_and_refs(ctx.tok_cands[i], ctx.tok_mrefs[i]))
             proc.stdin.flush()
             stats[i] = readline(f"the statistics of item {i}")
         out = {}
-        for name, idx in groups.items():
+        for name, idx in ctx.groups.items():
             proc.stdin.write(("EVAL" + "".join(f" ||| {stats[i]}" for i in idx) + "\n").encode())
             proc.stdin.flush()
             sents = [float(readline(f"group {name!r} item scores")) for _ in idx]
             corpus = float(readline(f"group {name!r} corpus score"))
-            out[name] = (
-                {"meteor": torch.as_tensor(corpus, dtype=torch.float64)},
-                {"meteor": torch.as_tensor(sents, dtype=torch.float64)},
-            )
+            out[name] = ({"meteor": torch.as_tensor(corpus, dtype=torch.float64)},
+                         {"meteor": torch.as_tensor(sents, dtype=torch.float64)})
         return out
     finally:
         with contextlib.suppress(OSError):

@@ -326,7 +326,7 @@ def _score_group(ctx: ScoringContext, name: str, idx: list[int], requested: list
         except Unavailable as e:
             g.unavailable[m] = str(e)
             continue
-        if not metric.shared:  # METEOR / SPICE: the group only slices the shared run, timed once for all
+        if not metric.sliced:  # METEOR / SPICE: the group only slices the shared run, timed once for all
             seconds[m] = seconds.get(m, 0.0) + time.perf_counter() - t0
     values: dict[str, float] = {}
     per_item: dict[str, list[float]] = {}
