@@ -87,6 +87,29 @@ def test_prefix_lengths(tok):
     assert make(tok, shared_mapper=True).audio_mapper2 is None
 
 
+
+def test_a_variant_is_its_registry_row(tok, monkeypatch):
+    """The model reads only a variant's switches: a new row (here a separator without the cross-projection) builds
+    with no other change, and the config's allowed values are the table's."""
+    from audiopair.variants import VARIANTS, Variant, variant
+
+    assert {v.name for v in VARIANTS.values()} == {"adiff", "baseline", "language_only"}
+    assert variant("language_only").random_encoder and not variant("baseline").cross_projection
+    with pytest.raises(ValueError, match="unknown ADIFF variant 'nope'; known: adiff, baseline, language_only"):
+        variant("nope")
+    with pytest.raises(Exception, match="'adiff', 'baseline' or 'language_only'"):
+        load_config(None, ["train.variants=[adiff, nope]"])
+    monkeypatch.setitem(VARIANTS, "sep_only", Variant("sep_only", "test", cross_projection=False))
+    cfg = tiny_cfg().model_copy(update={"variant": "sep_only"})  # the config's Literal was made at import
+    torch.manual_seed(0)
+    m = build_model(cfg, tok).eval()
+    a1, a2, pi, pm, *_ = inputs(tok)
+    assert m.cross_projection is None and m.uses_separator and m.prefix_tokens == 4 + 1 + 4 + 8
+    prefix = m.prefix(a1, a2, pi, pm)
+    assert prefix.shape == (2, 17, 32)
+    torch.testing.assert_close(prefix[:, 4], m.separator.expand(2, -1))  # the separator row sits between p1 and p2
+    assert m.accept_embeddings  # not a random-encoder variant: pretrained embeddings are welcome
+
 def test_loss_only_on_answer_tokens(tok):
     m = make(tok)
     a1, a2, pi, pm, ai, am = inputs(tok)

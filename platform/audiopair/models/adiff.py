@@ -1,11 +1,11 @@
-"""ADIFF (paper section 3, App. G and J): explain the difference between two audios with a prefix-prompted GPT-2.
+"""ADIFF (paper section 3, App. G and J): explain the difference between two audios with a prefix-prompted LM.
 
     audio1, audio2 --HTSAT--> e1, e2 (d_audio)                  (or embeddings cached by the dataset builder)
     e_i --audio projection--> --L2 normalise--> (d_proj)         one projection shared by both audios
     e_i --audio mapper--> (prefix_len, d_lm)                     ClipCap TransformerMapper, one per audio
     prompt + suffix, padded --wte--> --text mapper--> (prompt_len, d_lm)
     [p1, sep, p2, text] --cross-projection--> (121, d_lm)        a transformer over the whole prefix (App. J)
-    GPT-2(inputs_embeds=[prefix, answer]) -> next-token loss on the answer only
+    LM(inputs_embeds=[prefix, answer]) -> next-token loss on the answer only     GPT-2 in the paper; any causal LM
 
 The defaults build the released network module by module (soham97/ADIFF ``model/adiff.py``, ``model/decoder.py``;
 ``audiopair.models.reference`` imports its checkpoints): 4 layers per mapper with 8 heads, a 4-layer, 4-head
@@ -14,8 +14,9 @@ the padded prompt with no mask and no position vector. audiopair's own options (
 ``attention_bias``, ``activation``, ``text_position``, ``prompt_mask``, ``cross_constant``, ``d_proj=None``) change
 only what they name.
 
-Variants: ``baseline`` drops the separator and the cross-projection (prefix [p1, p2, text], 120 tokens, section 5.1);
-``language_only`` is ``adiff`` with a randomly initialised, frozen encoder (section 5.1, Exp. A).
+The blocks are in ``audiopair.models.mapper``, the LM seam in ``audiopair.models.lm``. Variants (``baseline``: no
+separator and no cross-projection, 120 prefix tokens; ``language_only``: a random, frozen encoder) are the switches
+of ``audiopair.variants``.
 """
 
 from __future__ import annotations
@@ -29,153 +30,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import ClapAudioConfig, ClapAudioModel, GPT2Config, GPT2LMHeadModel
+from transformers import ClapAudioConfig, ClapAudioModel
 from transformers.utils import ModelOutput
 
 from audiopair.config import AdiffModelConfig, EncoderConfig
+from audiopair.models import lm as causal_lm
 from audiopair.models.encoder import AudioEncoder, head_config
+from audiopair.models.mapper import AudioMapper, AudioProjection, CrossProjection, TextMapper
+from audiopair.variants import variant
 
 WEIGHTS = "model.safetensors"
 META = "adiff.json"
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
-
-
-# ---------------------------------------------------------------------------------------------- mapper blocks
-class Attention(nn.Module):
-    """Bidirectional multi-head self-attention in ClipCap's form (the reference's ``MultiHeadAttention``): queries and
-    stacked keys / values from two linears (keys first), scores by einsum, softmax over the keys.
-
-    ``key_mask`` ``(B, S)``, True = may be attended to. Shapes: ``(B, S, dim)`` -> ``(B, S, dim)``."""
-
-    def __init__(self, dim: int, heads: int, bias: bool = False, dropout: float = 0.0):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads, self.scale, self.dropout = heads, (dim // heads) ** -0.5, dropout
-        self.to_queries = nn.Linear(dim, dim, bias=bias)
-        self.to_keys_values = nn.Linear(dim, 2 * dim, bias=bias)
-        self.project = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, s, d = x.shape
-        queries = self.to_queries(x).reshape(b, s, self.heads, d // self.heads)
-        keys, values = self.to_keys_values(x).reshape(b, s, 2, self.heads, d // self.heads).unbind(2)
-        # einsum in the reference's order: SDPA's fused kernel rounds differently (1e-5 on the fixture's prefix)
-        scores = torch.einsum("bnhd,bmhd->bnmh", queries, keys) * self.scale
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask.bool()[:, None, :, None], float("-inf"))
-        weights = F.dropout(scores.softmax(dim=2), self.dropout, self.training)
-        return self.project(torch.einsum("bnmh,bmhd->bnhd", weights, values).reshape(b, s, d))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, activation: str = "relu", dropout: float = 0.0):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-        self.activation, self.dropout = ACTIVATIONS[activation], dropout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(self.activation(self.fc1(x)), self.dropout, self.training)
-        return F.dropout(self.fc2(x), self.dropout, self.training)
-
-
-class TransformerLayer(nn.Module):
-    """Pre-norm: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, activation: str = "relu", bias: bool = False,
-                 dropout: float = 0.0):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, bias, dropout)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), activation, dropout)
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
-        return x + self.mlp(self.norm2(x))
-
-
-class Transformer(nn.Module):
-    def __init__(self, dim: int, heads: int, layers: int, **layer_options):
-        super().__init__()
-        self.layers = nn.ModuleList(TransformerLayer(dim, heads, **layer_options) for _ in range(layers))
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x, key_mask)
-        return x
-
-
-class AudioProjection(nn.Module):
-    """The reference's ``Projection`` (d_audio -> d_proj): ``LayerNorm(e + dropout(linear2(gelu(e))))`` with
-    ``e = linear1(x)``; both linears bias-free, Xavier-initialised as the reference does."""
-
-    def __init__(self, d_in: int, d_out: int, dropout: float = 0.5):
-        super().__init__()
-        self.linear1 = nn.Linear(d_in, d_out, bias=False)
-        self.linear2 = nn.Linear(d_out, d_out, bias=False)
-        self.layer_norm = nn.LayerNorm(d_out)
-        self.dropout = dropout
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.linear1(x)
-        return self.layer_norm(e + F.dropout(self.linear2(F.gelu(e)), self.dropout, self.training))
-
-
-class AudioMapper(nn.Module):
-    """One audio embedding ``(B, d_in)`` -> ``(B, prefix_len, dim)`` (ClipCap's ``TransformerMapper``): a linear
-    expands it into ``prefix_len`` tokens, a learnable constant of ``prefix_len`` tokens is appended, and the
-    transformer's outputs at the constant's positions are kept."""
-
-    def __init__(self, d_in: int, prefix_len: int, dim: int, layers: int, heads: int, **layer_options):
-        super().__init__()
-        self.prefix_len = prefix_len
-        self.linear = nn.Linear(d_in, prefix_len * dim)
-        self.prefix_const = nn.Parameter(torch.randn(prefix_len, dim))
-        self.transformer = Transformer(dim, heads, layers, **layer_options)
-
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        x = self.linear(e).view(e.shape[0], self.prefix_len, -1)
-        x = torch.cat([x, self.prefix_const.expand(x.shape[0], -1, -1)], dim=1)
-        return self.transformer(x)[:, self.prefix_len:]
-
-
-class TextMapper(nn.Module):
-    """Prompt token embeddings ``(B, prompt_len, dim)`` -> ``(B, prompt_len, dim)`` (the reference's
-    ``TransformerMapperSeq``): the constant is appended and the outputs at its positions kept, as in ``AudioMapper``.
-
-    Options (audiopair's, off in the reference): ``position`` adds a learned vector per prompt position (the
-    attention is order-blind otherwise); ``key_mask`` hides prompt padding."""
-
-    def __init__(self, prompt_len: int, dim: int, layers: int, heads: int, position: bool = False, **layer_options):
-        super().__init__()
-        self.prompt_len = prompt_len
-        self.prefix_const = nn.Parameter(torch.randn(prompt_len, dim))
-        self.position = nn.Parameter(torch.zeros(prompt_len, dim)) if position else None
-        self.transformer = Transformer(dim, heads, layers, **layer_options)
-
-    def forward(self, tokens: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.position is not None:
-            tokens = tokens + self.position
-        b = tokens.shape[0]
-        x = torch.cat([tokens, self.prefix_const.expand(b, -1, -1)], dim=1)
-        if key_mask is not None:  # the constant's tokens are always visible
-            key_mask = torch.cat([key_mask.bool(), key_mask.new_ones(b, self.prompt_len, dtype=torch.bool)], 1)
-        return self.transformer(x, key_mask)[:, self.prompt_len:]
-
-
-class CrossProjection(Transformer):
-    """App. J: a transformer over the whole prefix [p1, sep, p2, text], same length out (the reference's
-    ``cross_project``). Option ``constant`` (audiopair's): a learned per-position vector added first; with the
-    residual path it gives each position an identity start and trained faster on the demo."""
-
-    def __init__(self, n: int, dim: int, heads: int, layers: int, constant: bool = False, **layer_options):
-        super().__init__(dim, heads, layers, **layer_options)
-        self.const = nn.Parameter(torch.zeros(n, dim)) if constant else None
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(x if self.const is None else x + self.const, key_mask)
 
 
 @dataclass
@@ -188,8 +53,9 @@ class AdiffOutput(ModelOutput):
 
 # ---------------------------------------------------------------------------------------------- the model
 def encoder_config_of(cfg: AdiffModelConfig) -> EncoderConfig:
-    """The encoder a variant is built with: ``language_only`` (Exp. A) gets the same network, random and frozen."""
-    if cfg.variant == "language_only":
+    """The encoder a variant is built with: a ``random_encoder`` variant (``language_only``, Exp. A) gets the same
+    network, random and frozen."""
+    if variant(cfg.variant).random_encoder:
         return cfg.encoder.model_copy(update={"pretrained": None, "freeze": True})
     return cfg.encoder
 
@@ -208,7 +74,7 @@ class AdiffModel(nn.Module):
         self.encoder_trainable = not enc_cfg.freeze
         # Cached embeddings come from the pretrained encoder, so language_only refuses them unless the caller says
         # they were made by this model's own random encoder (the same for a given encoder.seed).
-        self.accept_embeddings = cfg.variant != "language_only"
+        self.accept_embeddings = not variant(cfg.variant).random_encoder
         # the event head's class names, when known (hallucination view); model.encoder.class_labels names a CSV
         self.event_labels: list[str] | None = None
 
@@ -223,23 +89,15 @@ class AdiffModel(nn.Module):
             self.encoder = AudioEncoder.from_config(enc_cfg)
             self.event_labels = self.encoder.class_labels
 
-        # --- language model
-        if lm_config is not None:
-            lm = GPT2LMHeadModel(GPT2Config.from_dict(lm_config))
-        elif cfg.lm_pretrained:
-            lm = GPT2LMHeadModel.from_pretrained(cfg.lm_pretrained)
-        else:
-            lm = GPT2LMHeadModel(GPT2Config(
-                vocab_size=vocab_size, n_positions=cfg.lm_positions, n_embd=cfg.lm_dim, n_layer=cfg.lm_layers,
-                n_head=cfg.lm_heads, bos_token_id=eos_id, eos_token_id=eos_id,
-            ))
+        # --- language model: any causal LM (audiopair.models.lm)
+        lm = causal_lm.build_lm(cfg, vocab_size, eos_id, saved=lm_config)
         if lm.config.vocab_size < vocab_size:  # a tokenizer with added tokens
             lm.resize_token_embeddings(vocab_size)
         if not 0 <= separator_id < lm.config.vocab_size:
             raise ValueError(f"separator id {separator_id} is outside the LM vocabulary ({lm.config.vocab_size})")
 
         # --- projections (registered before the LM so modules list in data-flow order)
-        d = lm.config.n_embd
+        d = causal_lm.width(lm)
         for key, heads in (("mapper_heads", cfg.mapper_heads), ("cross_heads", cfg.cross_heads)):
             if d % heads:
                 raise ValueError(f"LM width {d} is not divisible by model.{key}={heads}")
@@ -252,7 +110,7 @@ class AdiffModel(nn.Module):
         self.audio_mapper1 = AudioMapper(d_audio, cfg.prefix_len, d, **mapper)
         self.audio_mapper2 = None if cfg.shared_mapper else AudioMapper(d_audio, cfg.prefix_len, d, **mapper)
         self.text_mapper = TextMapper(cfg.prompt_len, d, position=cfg.text_position, **mapper)
-        self.cross_projection = None if cfg.variant == "baseline" else \
+        self.cross_projection = None if not variant(cfg.variant).cross_projection else \
             CrossProjection(self.prefix_tokens, d, cfg.cross_heads, cfg.cross_layers, cfg.cross_constant, **layer)
         self.lm = lm
         set_stage(self, 2)  # a fresh model starts where training starts: grounding
@@ -260,7 +118,7 @@ class AdiffModel(nn.Module):
     # ---- sizes
     @property
     def uses_separator(self) -> bool:
-        return self.cfg.variant != "baseline"
+        return variant(self.cfg.variant).separator
 
     @property
     def prefix_tokens(self) -> int:
@@ -324,11 +182,9 @@ class AdiffModel(nn.Module):
         ids = _fit(prompt_ids, self.cfg.prompt_len, self.pad_id)
         mask = _fit(prompt_mask, self.cfg.prompt_len, 0) if self.cfg.prompt_mask else None
         text = self.text_mapper(self.lm.get_input_embeddings()(ids), mask)
-        if self.cross_projection is None:
-            return torch.cat([p1, p2, text], dim=1)
-        sep = self.separator.to(p1.dtype).expand(p1.shape[0], 1, -1)
-        parts = torch.cat([p1, sep, p2, text], dim=1)
-        return self.cross_projection(parts) if cross else parts
+        sep = [self.separator.to(p1.dtype).expand(p1.shape[0], 1, -1)] if self.uses_separator else []
+        parts = torch.cat([p1, *sep, p2, text], dim=1)
+        return self.cross_projection(parts) if cross and self.cross_projection is not None else parts
 
     def forward(self, audio1: torch.Tensor, audio2: torch.Tensor, prompt_ids: torch.Tensor,
                 prompt_mask: torch.Tensor, answer_ids: torch.Tensor | None = None,
@@ -342,10 +198,10 @@ class AdiffModel(nn.Module):
         self._check_length(p + answer_ids.shape[1], "answer tokens (train.max_answer_tokens)")
         x = torch.cat([prefix, self.lm.get_input_embeddings()(answer_ids)], dim=1)
         attn = torch.cat([answer_mask.new_ones(b, p), answer_mask], dim=1)
-        hidden = self.lm.transformer(inputs_embeds=x, attention_mask=attn, use_cache=False).last_hidden_state
+        hidden = self.lm.base_model(inputs_embeds=x, attention_mask=attn, use_cache=False).last_hidden_state
         # Position p-1+t predicts answer token t. The prefix positions before would predict prefix "tokens",
         # whose labels are all -100, so their vocabulary projection is skipped (121 x V logits saved per row).
-        logits = self.lm.lm_head(hidden[:, p - 1 : -1])
+        logits = self.lm.get_output_embeddings()(hidden[:, p - 1 : -1])
         answer_labels = answer_ids.masked_fill(answer_mask == 0, -100)
         loss = F.cross_entropy(logits.float().flatten(0, 1), answer_labels.flatten(), ignore_index=-100)
         labels = torch.cat([answer_labels.new_full((b, p), -100), answer_labels], dim=1)
@@ -386,16 +242,16 @@ class AdiffModel(nn.Module):
         return torch.stack(tokens, dim=1)
 
     def _check_length(self, n: int, what: str) -> None:
-        limit = self.lm.config.n_positions
+        limit = causal_lm.positions(self.lm)
         if n > limit:
             raise ValueError(f"prefix ({self.prefix_tokens} tokens) + {what} = {n} exceeds the LM's {limit} positions; "
                              "shorten the answers or use an LM with more positions (model.lm_positions)")
 
 
 def prefix_tokens(cfg: AdiffModelConfig) -> int:
-    """LM positions the prefix takes, so the answer starts at this position: [p1, sep, p2, text]; no sep for the
-    baseline."""
-    return 2 * cfg.prefix_len + cfg.prompt_len + int(cfg.variant != "baseline")
+    """LM positions the prefix takes, so the answer starts at this position: [p1, sep, p2, text]; no sep in a
+    variant without one (the baseline)."""
+    return 2 * cfg.prefix_len + cfg.prompt_len + int(variant(cfg.variant).separator)
 
 
 def _fit(x: torch.Tensor, length: int, fill: int) -> torch.Tensor:
@@ -478,7 +334,7 @@ def save_checkpoint(model: AdiffModel, folder: str | os.PathLike, tokenizer=None
 
 
 def _tied_names(model: nn.Module) -> set[str]:
-    """State-dict names that alias an earlier tensor (GPT-2's lm_head is its token embedding)."""
+    """State-dict names that alias an earlier tensor (a tied LM head is its token embedding, as in GPT-2)."""
     seen, tied = set(), set()
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))

@@ -1,4 +1,5 @@
-"""GPT-2 tokenizers: load one (hub id or folder), or train a small byte-level BPE on the demo's own texts.
+"""Tokenizers: load the LM's own (hub id or folder, any ``AutoTokenizer``), or train a small byte-level BPE in
+GPT-2's form on the demo's own texts.
 
 The demo trains its tokenizer on its captions and targets so a tiny GPT-2 gets a small vocabulary (and a small
 embedding table) while staying byte-level: any text still encodes. ``<|endoftext|>`` is the only special token and
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from transformers import GPT2TokenizerFast
+from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
 
 EOS = "<|endoftext|>"
 
 
-def load_tokenizer(path_or_id: str | os.PathLike) -> GPT2TokenizerFast:
-    tok = GPT2TokenizerFast.from_pretrained(str(path_or_id))
+def load_tokenizer(path_or_id: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a folder or on the hub (GPT-2's, a Llama's, ...), with eos as pad when it has none."""
+    tok = AutoTokenizer.from_pretrained(str(path_or_id))
     if tok.pad_token is None:  # GPT-2 ships without one; padding is masked out anyway
         tok.pad_token = tok.eos_token
     return tok
