@@ -81,7 +81,7 @@ def main() -> None:
     n = args.steps * args.micro
     weights = {"adiff": n / len(train) * 0.78, "position": n / len(train) * 0.22}
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"task_weights": weights})})
-    extra = {"app": cfg.model_dump(mode="json"), "tokenizer": str(tok), "init": None, "stage": "finetune"}
+    extra = {"cfg": cfg.for_workers(), "tokenizer": str(tok), "init": None, "stage": "finetune"}
     recipe = make_recipe(extra)
     recipe.build_model()
     examples = recipe.train_examples()

@@ -76,7 +76,7 @@ def test_encoder_recipe_reads_clip_labels(tiny_dataset, tmp_path):
     labels = clip_labels(ds, "train")
     names = label_names(ds)
     assert names == sorted(names) and len(names) > 5
-    recipe = make_encoder_recipe({"app": cfg.model_dump(mode="json")})
+    recipe = make_encoder_recipe({"cfg": cfg})
     model = recipe.build_model()
     assert model.encoder.event_head.num_classes == len(names)
     ex = recipe.train_examples()
@@ -123,7 +123,7 @@ def test_encoder_recipe_adds_event_clips_and_mixes_of_the_training_split(tiny_da
     mel = render_extra(alone[0], clips, cfg)
     assert mel.shape == ours.shape and mel.min() == -100.0  # digital silence somewhere in the clip
 
-    recipe = make_encoder_recipe({"app": cfg.model_dump(mode="json")})
+    recipe = make_encoder_recipe({"cfg": cfg})
     names = label_names(ds)
     ex = recipe.train_examples()
     assert len(ex) == len(clip_labels(ds, "train")) + len(events) + 12
@@ -136,7 +136,7 @@ def test_encoder_recipe_adds_event_clips_and_mixes_of_the_training_split(tiny_da
 
 def test_lm_recipe_places_windows_after_the_prefix(tiny_dataset, tmp_path):
     cfg = _cfg(tiny_dataset, tmp_path, "train.unimodal.lm_max_tokens=24", "train.unimodal.vocab_size=400")
-    recipe = make_lm_recipe({"app": cfg.model_dump(mode="json"), "tokenizer": None})
+    recipe = make_lm_recipe({"cfg": cfg, "tokenizer": None})
     texts = recipe.train_examples()
     assert len(texts) == len(set(texts)) > 50
     long = max(texts, key=len)

@@ -241,7 +241,7 @@ def test_full_finetune_zero3_on_two_workers_saves_the_whole_gathered_model(tiny_
     ensure_ray()
     tc, stage = finetune_stage(cfg)
     assert tc.zero_stage == 3  # the default for full finetuning
-    res = fit(make_recipe, tc, "finetune", "qwen-full", {"app": cfg.model_dump(mode="json")}, stage)
+    res = fit(make_recipe, tc, "finetune", "qwen-full", {"cfg": cfg.for_workers()}, stage)
     assert res.error is None and res.metrics["world"] == 2
     start = load_file(str(base / "model.safetensors"))
     after = load_file(str(Path(res.checkpoint.path) / "model" / "model.safetensors"))

@@ -30,7 +30,7 @@ def _setup(tiny_dataset, tmp_path, *extra):
     ex = load_examples(cfg.dataset.output_dir, "train", {"adiff": 1, "position": 1}, 0)
     tok = tmp_path / "tok"
     train_tokenizer([e["target"] for e in ex] + [e["prompt"] for e in ex], 512, tok)
-    return cfg, {"app": cfg.model_dump(mode="json"), "tokenizer": str(tok), "init": None}
+    return cfg, {"cfg": cfg, "tokenizer": str(tok), "init": None}
 
 
 def test_epoch_curves_survive_evicted_checkpoints(tmp_path):

@@ -93,10 +93,8 @@ def _fit(cfg: Config, examples: dict, parent: str | None, label: str, say) -> Pa
     from audiopair.train.qwen import finetune_stage, make_recipe
 
     tc, stage = finetune_stage(cfg)
-    app = cfg.model_dump(mode="json")
-    app["dataset"]["output_dir"] = str(Path(cfg.dataset.output_dir).resolve())  # workers have their own cwd
-    ckpt = logged_stage(make_recipe, tc, "finetune", tc.run_name, {"app": app, "examples": examples}, stage, parent,
-                        label, say)
+    ckpt = logged_stage(make_recipe, tc, "finetune", tc.run_name, {"cfg": cfg.for_workers(), "examples": examples},
+                        stage, parent, label, say)
     return local_dir(ckpt) / "model"
 
 

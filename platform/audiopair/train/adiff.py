@@ -19,6 +19,7 @@ from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint
 from audiopair.models.tokenizer import encode_answers, load_tokenizer, model_prompts
 from audiopair.train.engine import Recipe, checkpoint_uri, local_dir
 from audiopair.train.pretrain import LABELS
+from audiopair.variants import VARIANTS
 
 
 def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int,
@@ -77,12 +78,13 @@ def with_pretrained(model_cfg, pretrained: dict | None, tokenizer):
 
 
 def make_recipe(config: dict) -> Recipe:
-    """Recipe factory run on each worker. ``config``: {"app": Config dump, "stage": 2|3 name, "init": the previous
+    """Recipe factory run on each worker. ``config``: {"cfg": the Config (``Config.for_workers``), "stage": 2|3
+    name, "init": the previous
     stage's checkpoint (a Ray Checkpoint or an ADIFF model folder) or None, "tokenizer": hub id or folder,
     "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings": True (False: the
     frozen encoder runs every step, for benchmarks)}."""
-    cfg = Config.model_validate(config["app"])
-    cfg.model, tok_ref, event_labels = with_pretrained(cfg.model, config.get("pretrained"), config["tokenizer"])
+    cfg: Config = config["cfg"]
+    model_cfg, tok_ref, event_labels = with_pretrained(cfg.model, config.get("pretrained"), config["tokenizer"])
     tok = load_tokenizer(tok_ref)
     init = config.get("init")
     if init is not None and not isinstance(init, (str, Path)):
@@ -92,8 +94,8 @@ def make_recipe(config: dict) -> Recipe:
     state: dict = {}
 
     def build():
-        model = load_checkpoint(init, cfg.model) if init else build_model(cfg.model, tok)
-        if event_labels and cfg.model.variant != "language_only":  # its random encoder's head means nothing
+        model = load_checkpoint(init, model_cfg) if init else build_model(model_cfg, tok)
+        if event_labels and not VARIANTS[model_cfg.variant].random_encoder:  # a random encoder's head means nothing
             model.event_labels = event_labels
         data_front_end = front_end(cfg.dataset.features, cfg.dataset.sample_rate)
         check_front_end(model.front_end, data_front_end, f"{init} on dataset {cfg.dataset.output_dir}")
@@ -123,7 +125,7 @@ def make_recipe(config: dict) -> Recipe:
         save_checkpoint(model, folder, tokenizer=tok)
 
     def load(model, folder: Path) -> None:
-        saved = load_checkpoint(folder, cfg.model)
+        saved = load_checkpoint(folder, model_cfg)
         model.load_state_dict(saved.state_dict())
 
     return Recipe(build, lambda: examples("train"), lambda: examples("val"), collate, save, load,
@@ -239,9 +241,7 @@ def train_adiff(cfg: Config, say=print) -> dict:
     from audiopair import tracking
     from audiopair.train.pretrain import make_encoder_recipe, make_lm_recipe
 
-    tc, name, app = cfg.train, cfg.train.run_name, cfg.model_dump(mode="json")
-    # workers run in their own working directories: hand them an absolute dataset path
-    app["dataset"]["output_dir"] = str(Path(cfg.dataset.output_dir).resolve())
+    tc, name, cfg = cfg.train, cfg.train.run_name, cfg.for_workers()
     active = mlflow.active_run()
     job_run = active.info.run_id if active else None
 
@@ -256,14 +256,13 @@ def train_adiff(cfg: Config, say=print) -> dict:
     if tc.init_from:  # an ADIFF folder (trained here or imported): its architecture, weights and tokenizer
         if tc.unimodal.enabled:
             raise ValueError("train.init_from starts from a trained model: set train.unimodal.enabled false")
-        saved = saved_config(tc.init_from)
-        app["model"], tokenizer = saved.model_dump(mode="json"), str(Path(tc.init_from) / "tokenizer")
-        cfg = cfg.model_copy(update={"model": saved})
+        cfg = cfg.model_copy(update={"model": saved_config(tc.init_from)})
+        tokenizer = str(Path(tc.init_from) / "tokenizer")
     if tc.unimodal.enabled:
         enc_stage, lm_stage = unimodal_stages(tc.unimodal)
         enc, lm = at_once([
-            lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"app": app}, enc_stage, job_run),
-            lambda: stage(make_lm_recipe, "unimodal", f"{name}-unimodal-lm", {"app": app, "tokenizer": None},
+            lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"cfg": cfg}, enc_stage, job_run),
+            lambda: stage(make_lm_recipe, "unimodal", f"{name}-unimodal-lm", {"cfg": cfg, "tokenizer": None},
                           lm_stage, job_run),
         ])
         pretrained = {"encoder": enc, "lm": lm}
@@ -272,13 +271,13 @@ def train_adiff(cfg: Config, say=print) -> dict:
                          "tokenizer to use; name a GPT-2 (hub id or folder) or enable stage 1")
 
     def variant_stages(variant: str):
-        vapp = {**app, "model": {**app["model"], "variant": variant}}
+        vcfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"variant": variant})})
         with tracking.run(variant, parent=job_run, tags={"variant": variant}) as vrun:
             if not tc.init_from:  # an init_from encoder's weights are in the folder: its stages embed the clips
                 ensure_embeddings(cfg, variant, pretrained, tokenizer, f"{name}-{variant}", say)
             init = tc.init_from
             for s in tc.stages:
-                extra = {"app": vapp, "stage": s.name, "init": init, "tokenizer": tokenizer, "pretrained": pretrained}
+                extra = {"cfg": vcfg, "stage": s.name, "init": init, "tokenizer": tokenizer, "pretrained": pretrained}
                 init = stage(make_recipe, s.name, f"{name}-{variant}-{s.name}", extra, s, vrun.info.run_id)
         return init
 

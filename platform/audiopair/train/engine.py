@@ -114,19 +114,16 @@ EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")  # wh
 
 def train_loop(config: dict) -> None:
     """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
-    TrainConfig dump, "stage": the stage's name, "step_hook": a callable run after every optimizer step with
+    the TrainConfig, "stage": the stage's name, "stage_config": its StageConfig (None: ``train.stage(stage)``), "step_hook": a callable run after every optimizer step with
     ``epoch, step, rank, world`` (tests: ``KillOnce``), "system_metrics": ``tracking.worker_system_metrics()`` or absent
     (rank 0 then logs its machine's system metrics to the stage's MLflow run), plus whatever the recipe factory
     reads}."""
     import deepspeed
     import ray.train
 
-    from audiopair.config import StageConfig, TrainConfig
-
     started = time.perf_counter()
-    tc = TrainConfig.model_validate(config["train"])
-    stage_cfg = StageConfig.model_validate(config["stage_config"]) if config.get("stage_config") else \
-        tc.stage(config["stage"])
+    tc = config["train"]
+    stage_cfg = config.get("stage_config") or tc.stage(config["stage"])
     recipe: Recipe = config["recipe_factory"](config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -267,9 +264,8 @@ def fit(recipe_factory: Callable[[dict], Recipe], train_cfg, stage: str, run_nam
     storage = storage_uri(train_cfg)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"recipe_factory": recipe_factory, "train": train_cfg.model_dump(mode="json"),
-                           "stage": stage, "stage_config": stage_cfg.model_dump() if stage_cfg else None,
-                           **(extra or {})},
+        train_loop_config={"recipe_factory": recipe_factory, "train": train_cfg, "stage": stage,
+                           "stage_config": stage_cfg, **(extra or {})},  # config objects: they pickle
         scaling_config=ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
                                      resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
         run_config=RunConfig(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from audiopair.config import Config
@@ -33,6 +33,7 @@ from audiopair.data.features import FeatureStore
 from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.models.adiff import prefix_tokens
 from audiopair.models.encoder import AudioEncoder
+from audiopair.models.lm import lm_config
 from audiopair.models.tokenizer import load_tokenizer, plain_ids, train_tokenizer
 from audiopair.train.engine import Recipe
 
@@ -141,10 +142,10 @@ def render_extra(example: dict, clips: dict, cfg: Config) -> np.ndarray:
 
 
 def make_encoder_recipe(config: dict) -> Recipe:
-    """``config``: {"app": Config dump}. The encoder's size comes from ``model.encoder`` (``pretrained`` ignored),
+    """``config``: {"cfg": the Config}. The encoder's size comes from ``model.encoder`` (``pretrained`` ignored),
     its classes from the training split's labels; its examples are the AC clips of each split, plus in training
     ``train.unimodal``'s extra event clips and mixes (``extra_examples``)."""
-    cfg = Config.model_validate(config["app"])
+    cfg: Config = config["cfg"]
     ds, u = cfg.dataset.output_dir, cfg.train.unimodal
     names = label_names(ds)
     enc_cfg = cfg.model.encoder.model_copy(update={"pretrained": None, "num_classes": len(names)})
@@ -192,13 +193,13 @@ def hash_seed(*parts) -> int:
 
 
 def make_lm_recipe(config: dict) -> Recipe:
-    """``config``: {"app": Config dump, "tokenizer": folder, or None to train one here}. A GPT-2 of ``model.lm_*``
-    sizes, trained on the training split's texts (validated on the validation split's), each cut to
+    """``config``: {"cfg": the Config, "tokenizer": folder, or None to train one here}. A random LM of
+    ``model.lm_type`` at ``model.lm_*`` sizes (``audiopair.models.lm``), trained on the training split's texts (validated on the validation split's), each cut to
     ``train.unimodal.lm_max_tokens``. The tokenizer is saved with the model.
 
     Every worker trains the same tokenizer itself (BPE training is deterministic and takes a second or two), so no
     file has to travel from the driver to the workers."""
-    cfg = Config.model_validate(config["app"])
+    cfg: Config = config["cfg"]
     m, ds, u = cfg.model, cfg.dataset.output_dir, cfg.train.unimodal
     if config.get("tokenizer"):
         tok = load_tokenizer(config["tokenizer"])
@@ -207,11 +208,9 @@ def make_lm_recipe(config: dict) -> Recipe:
     offset = prefix_tokens(m)  # where an ADIFF answer starts
     max_len = min(m.lm_positions - offset, u.lm_max_tokens)
 
-    def build() -> GPT2LMHeadModel:
+    def build() -> PreTrainedModel:
         torch.manual_seed(cfg.train.seed)
-        return GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tok), n_positions=m.lm_positions, n_embd=m.lm_dim, n_layer=m.lm_layers, n_head=m.lm_heads,
-            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id))
+        return AutoModelForCausalLM.from_config(lm_config(m, len(tok), tok.eos_token_id))
 
     def examples(split: str) -> list[str]:
         if split == "train":
@@ -247,6 +246,6 @@ def make_lm_recipe(config: dict) -> Recipe:
         tok.save_pretrained(folder)
 
     def load(model, folder: Path) -> None:
-        model.load_state_dict(GPT2LMHeadModel.from_pretrained(folder).state_dict())
+        model.load_state_dict(AutoModelForCausalLM.from_pretrained(folder).state_dict())
 
     return Recipe(build, lambda: examples("train"), lambda: examples("val"), collate, save, load, length=len)

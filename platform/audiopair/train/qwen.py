@@ -42,14 +42,14 @@ def zero_stage(cfg: Config) -> int:
 
 
 def make_recipe(config: dict) -> Recipe:
-    """Recipe factory run on each worker. ``config``: {"app": Config dump (``finetune.model`` absolute or a hub id),
+    """Recipe factory run on each worker. ``config``: {"cfg": the Config (``Config.for_workers``),
     optionally "examples": {"train": [...], "val": [...]}, example dicts as ``load_examples`` makes them, used instead
     of the manifests' task mixture (ACC Table 2's equal example budgets, the stand-in base's label questions)}."""
     import torch
 
     from audiopair.models import qwen2_audio as q
 
-    cfg = Config.model_validate(config["app"])
+    cfg: Config = config["cfg"]
     ft = cfg.finetune
     tc = finetune_stage(cfg)[0]
     state: dict = {}
@@ -110,10 +110,6 @@ def finetune_qwen2_audio(cfg: Config, say=print, extra: dict | None = None):
     from audiopair.train.engine import fit_stage
 
     tc, stage = finetune_stage(cfg)
-    app = cfg.model_dump(mode="json")
-    app["dataset"]["output_dir"] = str(Path(cfg.dataset.output_dir).resolve())  # workers have their own cwd
-    if Path(cfg.finetune.model).exists():
-        app["finetune"]["model"] = str(Path(cfg.finetune.model).resolve())
     say(f"[{tc.run_name}] {cfg.finetune.method} finetuning, {stage.epochs} epoch(s) at lr {stage.lr:g}, "
         f"{tc.num_workers} worker(s), ZeRO-{tc.zero_stage}, batch {tc.micro_batch} x {tc.grad_accum} accumulation")
-    return fit_stage(make_recipe, tc, "finetune", tc.run_name, {"app": app, **(extra or {})}, stage)
+    return fit_stage(make_recipe, tc, "finetune", tc.run_name, {"cfg": cfg.for_workers(), **(extra or {})}, stage)

@@ -155,7 +155,7 @@ def pretrain(cfg: Config, configs: list[Config], parent: str | None, say=print) 
 
     def stage(recipe, c: Config, run: str, extra: dict, stage_cfg):
         done = finished_stage(c.train, run)  # a resumed sweep: no training, no second MLflow run
-        extra = {"app": c.model_dump(mode="json"), **extra}
+        extra = {"cfg": c.for_workers(), **extra}
         return done[0] if done else logged_stage(recipe, c.train, "unimodal", run, extra, stage_cfg, parent,
                                                  run.removeprefix(f"{name}-"), say)
 
@@ -205,9 +205,9 @@ def run_trial(config: dict, base: dict, stage1: dict | None) -> None:
     pretrained = None
     if stage1:
         pretrained = {"encoder": stage1["encoder"], "lm": stage1["lms"][lm_run(cfg, point["size"])]}
-    init, offset, app = None, 0, cfg.model_dump(mode="json")
+    init, offset, wcfg = None, 0, cfg.for_workers()
     for s in (cfg.train.stage(n) for n in cfg.sweep.stages):
-        extra = {"app": app, "stage": s.name, "init": init, "tokenizer": cfg.model.lm_pretrained,
+        extra = {"cfg": wcfg, "stage": s.name, "init": init, "tokenizer": cfg.model.lm_pretrained,
                  "pretrained": pretrained}
         init, metrics, _ = fit_stage(make_recipe, cfg.train, s.name, f"{run}-{s.name}", extra, s,
                                      callbacks=[_reporter(offset)])
