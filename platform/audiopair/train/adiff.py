@@ -79,10 +79,9 @@ def with_pretrained(model_cfg, pretrained: dict | None, tokenizer):
 
 def make_recipe(config: dict) -> Recipe:
     """Recipe factory run on each worker. ``config``: {"cfg": the Config (``Config.for_workers``), "stage": 2|3
-    name, "init": the previous
-    stage's checkpoint (a Ray Checkpoint or an ADIFF model folder) or None, "tokenizer": hub id or folder,
-    "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings": True (False: the
-    frozen encoder runs every step, for benchmarks)}."""
+    name, "init": the previous stage's checkpoint (a Ray Checkpoint or an ADIFF model folder) or None, "tokenizer":
+    hub id or folder, "pretrained": {"encoder": ..., "lm": ...} stage-1 checkpoints or absent, "cache_embeddings":
+    True (False: the frozen encoder runs every step, for benchmarks)}."""
     cfg: Config = config["cfg"]
     model_cfg, tok_ref, event_labels = with_pretrained(cfg.model, config.get("pretrained"), config["tokenizer"])
     tok = load_tokenizer(tok_ref)

@@ -114,10 +114,10 @@ EPOCH_METRICS = ("epoch", "train_loss", "val_loss", "lr", "samples_per_s")  # wh
 
 def train_loop(config: dict) -> None:
     """``train_loop_per_worker`` for TorchTrainer. ``config``: {"recipe_factory": config -> Recipe, "train":
-    the TrainConfig, "stage": the stage's name, "stage_config": its StageConfig (None: ``train.stage(stage)``), "step_hook": a callable run after every optimizer step with
-    ``epoch, step, rank, world`` (tests: ``KillOnce``), "system_metrics": ``tracking.worker_system_metrics()`` or absent
-    (rank 0 then logs its machine's system metrics to the stage's MLflow run), plus whatever the recipe factory
-    reads}."""
+    the TrainConfig, "stage": the stage's name, "stage_config": its StageConfig (None: ``train.stage(stage)``),
+    "step_hook": a callable run after every optimizer step with ``epoch, step, rank, world`` (tests: ``KillOnce``),
+    "system_metrics": ``tracking.worker_system_metrics()`` or absent (rank 0 then logs its machine's system metrics
+    to the stage's MLflow run), plus whatever the recipe factory reads (``config["cfg"]``: the job's Config)}."""
     import deepspeed
     import ray.train
 
