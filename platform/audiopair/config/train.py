@@ -174,6 +174,9 @@ class AccBaseConfig(Section):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: float = Field(0.05, ge=0)
     micro_batch: int = Field(8, ge=1)
+    # the seeded share of the AC training clips the base learns; the rest stay unseen by it, so the rows' AC (and
+    # ACC, whose targets are those clips' captions) examples hold captions the base has still to learn
+    ac_share: float = Field(0.5, gt=0, le=1)
     label_per_kind: int = Field(6, ge=0)  # classification-question training clips per event kind (0: none)
     label_lists: bool = False  # also ask "which sounds are in the audio" of every AC training clip
     # epochs on the label questions alone first (their answers need the audio: the tower starts to learn before

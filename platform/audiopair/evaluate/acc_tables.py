@@ -33,8 +33,8 @@ from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.evaluate.classify import _readable, classification_prompt, demo_label_csv, demo_labels, read_label_csv
 from audiopair.evaluate.downstream import prepare_all
 from audiopair.evaluate.run import evaluate_checkpoint
-from audiopair.train.acc_table import (budget_examples, digest, examples_digest, slug, train_base, train_row,
-                                       val_examples)
+from audiopair.train.acc_table import (base_share, budget_examples, digest, examples_digest, slug, train_base,
+                                       train_row, val_examples)
 from audiopair.train.qwen import load_examples
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ HEADERS = {"bleu_1": "BLEU-1", "bleu_2": "BLEU-2", "bleu_3": "BLEU-3", "bleu_4":
 LIST_PROMPT = "Which sounds are in the audio? List them."
 TASKS = ["ac", "adc", "acc"]
 BASE, RANDOM = "Qwen2-Audio (stand-in base)", "random init (before stage 1)"
-VERSION = 1  # bump when the base's recipe changes in code, so cached bases are not reused
+VERSION = 2  # bump when the base's recipe changes in code, so cached bases are not reused
 
 
 # ------------------------------------------------------------------------------------------ the base's data
@@ -79,15 +79,17 @@ def label_lists(dataset_dir: str | Path, split: str) -> list[dict]:
 
 
 def base_examples(cfg: Config) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """The base's training and validation examples (AC, plus the label questions ``acc_table.base`` asks for), and
-    the label questions alone (its warm-up)."""
+    """The base's training and validation examples (its share of the AC training clips, ``acc_table.base.ac_share``,
+    and all AC validation clips, plus the label questions ``acc_table.base`` asks for), and the label questions
+    alone (its warm-up)."""
     b, ds, seed = cfg.acc_table.base, cfg.dataset.output_dir, cfg.train.seed
     out, labels = {}, {}
     for split, per_kind in (("train", b.label_per_kind), ("val", max(1, b.label_per_kind // 3))):
         labels[split] = label_questions(cfg, f"demo_cls_{split}", per_kind) if b.label_per_kind else []
         if b.label_lists:
             labels[split] += label_lists(ds, split)
-        out[split] = load_examples(ds, split, {"ac": 1.0}, seed) + labels[split]
+        ac = load_examples(ds, split, {"ac": 1.0}, seed)
+        out[split] = (base_share(ac, b.ac_share, seed) if split == "train" else ac) + labels[split]
     return out, labels
 
 

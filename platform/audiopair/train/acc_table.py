@@ -6,6 +6,10 @@ mixture, each row on the same number of training examples.
   Its ``model/`` folder is copied to ``<work_dir>/models/acc-base-<fingerprint>``: a ``save_pretrained`` folder that
   ``load_base`` (``from_pretrained``) opens exactly as it opens ``Qwen/Qwen2-Audio-7B-Instruct``. The fingerprint
   hashes the base's config and its training data, so a second job finds it and trains nothing.
+- ``base_share``: the base learns only a seeded share (``acc_table.base.ac_share``, half) of the AC training clips,
+  so the AC and ACC rows (whose targets are those clips' captions) meet captions new to it, as a finetuning set's
+  captions are new to a pretrained model; trained on all of them, the base has nothing left to learn from the AC
+  row, and the row's validation loss rises (RESULTS.md, ACC in miniature).
 - ``budget_examples``: a row's ``budget`` training examples, shared equally by its tasks (a task with fewer records
   is cycled, in a seeded order), so AC, ADC, ACC, AC + ADC and AC + ACC see equally many.
 - ``train_row``: LoRA (``finetune.lora``, ``finetune.lr``) from the base on those examples, one Ray Train worker.
@@ -61,6 +65,15 @@ def budget_examples(dataset_dir: str | Path, tasks: list[str], budget: int, seed
         out += taken[:share]
     random.Random(seed).shuffle(out)
     return out
+
+
+def base_share(examples: list[dict], share: float, seed: int) -> list[dict]:
+    """The base's seeded ``share`` of ``examples`` (AC training records, one per clip), at least one; the rest are
+    never shown to the base. Chosen by a seeded order of the sorted ids, so it does not depend on the list's order."""
+    ids = sorted(e["id"] for e in examples)
+    random.Random(f"{seed}/base-share").shuffle(ids)
+    keep = set(ids[: max(1, round(share * len(ids)))])
+    return [e for e in examples if e["id"] in keep]
 
 
 def val_examples(dataset_dir: str | Path, task: str, limit: int | None, seed: int) -> list[dict]:
