@@ -194,8 +194,9 @@ def hash_seed(*parts) -> int:
 
 def make_lm_recipe(config: dict) -> Recipe:
     """``config``: {"cfg": the Config, "tokenizer": folder, or None to train one here}. A random LM of
-    ``model.lm_type`` at ``model.lm_*`` sizes (``audiopair.models.lm``), trained on the training split's texts (validated on the validation split's), each cut to
-    ``train.unimodal.lm_max_tokens``. The tokenizer is saved with the model.
+    ``model.lm_type`` at ``model.lm_*`` sizes (``audiopair.models.lm``), trained on the training split's texts
+    (validated on the validation split's), each cut to ``train.unimodal.lm_max_tokens``. The tokenizer is saved with
+    the model.
 
     Every worker trains the same tokenizer itself (BPE training is deterministic and takes a second or two), so no
     file has to travel from the driver to the workers."""
