@@ -56,7 +56,8 @@ def test_a_llama_or_qwen2_lm_builds_saves_loads_and_generates(tiny_dataset, tmp_
     again = load_checkpoint(tmp_path / "m").eval()
     assert type(again.lm).__name__ == FAMILIES[lm_type]
     with torch.no_grad():
-        torch.testing.assert_close(again(a1, a2, p_ids, p_mask, answer).logits, model(a1, a2, p_ids, p_mask, answer).logits)
+        torch.testing.assert_close(again(a1, a2, p_ids, p_mask, answer).logits,
+                                   model(a1, a2, p_ids, p_mask, answer).logits)
     new = again.generate(a1, a2, p_ids, p_mask, max_new_tokens=6)
     assert new.shape[0] == 2 and 1 <= new.shape[1] <= 6
     # the reference's loop (no KV cache) and HF generate agree on the greedy tokens

@@ -45,7 +45,8 @@ class Config(Section):
     def for_workers(self) -> "Config":
         """This config with ``dataset.output_dir`` (and ``finetune.model`` when it is a local folder) made absolute:
         Ray workers run in their own working directories. Recipe factories receive it as ``config["cfg"]``."""
-        update = {"dataset": self.dataset.model_copy(update={"output_dir": str(Path(self.dataset.output_dir).resolve())})}
+        dataset_dir = str(Path(self.dataset.output_dir).resolve())
+        update = {"dataset": self.dataset.model_copy(update={"output_dir": dataset_dir})}
         if Path(self.finetune.model).exists():
             update["finetune"] = self.finetune.model_copy(update={"model": str(Path(self.finetune.model).resolve())})
         return self.model_copy(update=update)

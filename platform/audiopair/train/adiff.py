@@ -260,7 +260,8 @@ def train_adiff(cfg: Config, say=print) -> dict:
     if tc.unimodal.enabled:
         enc_stage, lm_stage = unimodal_stages(tc.unimodal)
         enc, lm = at_once([
-            lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"cfg": cfg}, enc_stage, job_run),
+            lambda: stage(make_encoder_recipe, "unimodal", f"{name}-unimodal-encoder", {"cfg": cfg}, enc_stage,
+                          job_run),
             lambda: stage(make_lm_recipe, "unimodal", f"{name}-unimodal-lm", {"cfg": cfg, "tokenizer": None},
                           lm_stage, job_run),
         ])
