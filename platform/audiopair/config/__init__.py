@@ -17,13 +17,53 @@ from pydantic import BaseModel, ValidationError
 
 from audiopair.config.base import ConfigError, Section
 # The sections live in one module per part of the pipeline; every name imports from here as well.
-from audiopair.config.data import (DatasetConfig, DemoBankConfig, ExplanationConfig, FeatureConfig,  # noqa: F401
+from audiopair.config.data import (DatasetConfig, DemoBankConfig, ExplanationConfig, FeatureConfig,
                                    MixConfig, SourceConfig, SourceKind, SplitConfig, TaskName, TasksConfig)
-from audiopair.config.evaluate import (ClassifyConfig, DecodingConfig, EvalConfig, ScenarioConfig,  # noqa: F401
+from audiopair.config.evaluate import (ClassifyConfig, DecodingConfig, EvalConfig, ScenarioConfig,
                                        ServeConfig, StudyConfig)
-from audiopair.config.model import AdiffModelConfig, EncoderConfig  # noqa: F401
-from audiopair.config.train import (AccBaseConfig, AccTableConfig, FinetuneConfig, LoraConfig,  # noqa: F401
+from audiopair.config.model import AdiffModelConfig, EncoderConfig
+from audiopair.config.train import (AccBaseConfig, AccTableConfig, FinetuneConfig, LoraConfig,
                                     StageConfig, SweepConfig, TinyQwenConfig, TrainConfig, UnimodalConfig)
+
+
+__all__ = [
+    "AccBaseConfig",
+    "AccTableConfig",
+    "AdiffModelConfig",
+    "ClassifyConfig",
+    "Config",
+    "ConfigError",
+    "DEFAULT_CONFIG",
+    "DatasetConfig",
+    "DecodingConfig",
+    "DemoBankConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "ExplanationConfig",
+    "FeatureConfig",
+    "FinetuneConfig",
+    "LoraConfig",
+    "MixConfig",
+    "ScenarioConfig",
+    "Section",
+    "ServeConfig",
+    "SourceConfig",
+    "SourceKind",
+    "SplitConfig",
+    "StageConfig",
+    "StudyConfig",
+    "SweepConfig",
+    "TaskName",
+    "TasksConfig",
+    "TinyQwenConfig",
+    "TrainConfig",
+    "UnimodalConfig",
+    "config_from_argv",
+    "dump_config",
+    "flatten",
+    "load_config",
+    "parse_override",
+]
 
 
 # --------------------------------------------------------------------------------------------- root
