@@ -171,6 +171,50 @@ def test_adapter_checkpoint_resume_merge_and_generate(base, tmp_path):
     assert (tmp_path / "confusion.png").is_file() and all(isinstance(r["prediction"], str) for r in c.rows)
 
 
+def test_an_adapter_loads_whole_while_another_thread_is_inside_from_pretrained(base, tmp_path, monkeypatch):
+    """from_pretrained builds under accelerate's init_empty_weights, which patches nn.Module.register_parameter for
+    the whole process: an adapter loaded in another thread meanwhile got LoRA weights on the meta device, and the
+    ACC table's rows (scored in threads) failed in CI with "Cannot copy out of meta tensor". Here the first load is
+    held inside that context until the second has finished, or 3 s: the lock makes the second wait its turn."""
+    import threading
+    from contextlib import contextmanager
+
+    import transformers.modeling_utils as mu
+
+    pm = q.prepare_for_training(q.load_base(base)[0], "lora", LoraConfig())
+    q.save_finetuned(pm, tmp_path / "adapter", q.load_base(base)[1], base=str(base), method="lora")
+    real, inside, second_done = mu.init_empty_weights, threading.Event(), threading.Event()
+
+    @contextmanager
+    def held_open(*args, **kwargs):
+        with real(*args, **kwargs):
+            if not inside.is_set():
+                inside.set()
+                second_done.wait(timeout=3)
+            yield
+
+    monkeypatch.setattr(mu, "init_empty_weights", held_open)
+    loaded = {}
+
+    def second():
+        inside.wait(timeout=30)
+        try:
+            loaded["model"] = q.load_finetuned(tmp_path / "adapter")[0]
+        finally:
+            second_done.set()
+
+    t = threading.Thread(target=second)
+    t.start()
+    first = q.load_base(base)[0]
+    t.join(timeout=120)
+    assert inside.is_set() and "model" in loaded
+    for model in (first, loaded["model"]):
+        meta = [n for n, p in model.named_parameters() if p.is_meta]
+        assert not meta, f"weights with no data: {meta[:3]}"
+    assert any("lora_B" in n for n, _ in loaded["model"].named_parameters())
+    loaded["model"].to("cpu")  # what the generator does; raised on meta weights
+
+
 def test_finetune_job_on_two_ray_workers_learns_logs_merges_and_scores(tiny_dataset, base, tmp_path):
     """jobs/finetune_qwen2_audio.py in process: LoRA on 2 Ray workers with DeepSpeed ZeRO-2, MLflow run with
     per-epoch metrics and the adapter, a merged model, AC/ACC scores; a re-run reuses the finished training. (A

@@ -358,9 +358,12 @@ def load_checkpoint(folder: str | os.PathLike, cfg: AdiffModelConfig | None = No
         raise FileNotFoundError(f"{folder} is not an ADIFF checkpoint (needs {META} and {WEIGHTS})")
     meta = json.loads((folder / META).read_text())
     cfg = cfg or AdiffModelConfig.model_validate(meta["config"])
-    model = AdiffModel(cfg, meta["vocab_size"], meta["separator_id"], meta["eos_id"],
-                       lm_config=meta["lm_config"], encoder_config=meta["encoder_config"],
-                       pad_id=meta.get("pad_id", meta["eos_id"]))
+    from audiopair.runtime import MODEL_BUILDING
+
+    with MODEL_BUILDING:
+        model = AdiffModel(cfg, meta["vocab_size"], meta["separator_id"], meta["eos_id"],
+                           lm_config=meta["lm_config"], encoder_config=meta["encoder_config"],
+                           pad_id=meta.get("pad_id", meta["eos_id"]))
     state = load_file(str(folder / WEIGHTS), device=str(device))
     missing, unexpected = model.load_state_dict(state, strict=False)
     untied = set(missing) - _tied_names(model)

@@ -33,7 +33,10 @@ def load_base(ref: str | os.PathLike, dtype: torch.dtype | None = None):
     """``(model, processor)`` from a hub id or a local folder (the real Qwen2-Audio or a tiny one)."""
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(str(ref), dtype=dtype or torch.float32)
+    from audiopair.runtime import MODEL_BUILDING
+
+    with MODEL_BUILDING:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(str(ref), dtype=dtype or torch.float32)
     return model, AutoProcessor.from_pretrained(str(ref))
 
 
@@ -49,9 +52,12 @@ def load_finetuned(folder: str | os.PathLike, dtype: torch.dtype | None = None):
     meta = json.loads(meta_file.read_text())
     from transformers import AutoProcessor
 
+    from audiopair.runtime import MODEL_BUILDING
+
     if meta["method"] == "lora":
-        base, _ = load_base(meta["base"], dtype)
-        model = PeftModel.from_pretrained(base, str(folder))
+        with MODEL_BUILDING:  # the adapter's layers too: peft builds them while from_pretrained may patch elsewhere
+            base, _ = load_base(meta["base"], dtype)
+            model = PeftModel.from_pretrained(base, str(folder))
     else:
         model, _ = load_base(folder, dtype)
     return model, AutoProcessor.from_pretrained(str(folder))
@@ -312,8 +318,11 @@ def make_tiny(folder: str | os.PathLike, texts: Sequence[str], cfg) -> Path:
                      "max_position_embeddings": 4096, "tie_word_embeddings": False},
         audio_token_index=tok.convert_tokens_to_ids("<|AUDIO|>"), tie_word_embeddings=False,
     )
+    from audiopair.runtime import MODEL_BUILDING
+
     torch.manual_seed(cfg.seed)
-    model = Qwen2AudioForConditionalGeneration(config)
+    with MODEL_BUILDING:
+        model = Qwen2AudioForConditionalGeneration(config)
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     model.generation_config.pad_token_id = tok.pad_token_id
     folder = Path(folder)

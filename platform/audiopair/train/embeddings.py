@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +80,10 @@ def cache_embeddings(dataset_dir: str | Path, enc_cfg: EncoderConfig, num_actors
     """Embed every clip of the dataset with the encoder ``enc_cfg`` builds, once; returns the fingerprint.
 
     ``num_actors=0`` runs on this process; otherwise a Ray Data actor pool of that size (``num_gpus`` each)."""
-    with _BUILDING:
+    from audiopair.runtime import MODEL_BUILDING
+
+    with MODEL_BUILDING:  # one at a time: the variants run in threads (audiopair.runtime says why)
         return _cache(dataset_dir, enc_cfg, num_actors, num_gpus, batch_size)
-
-
-# One at a time in a process: transformers' from_pretrained builds under a process-wide meta-device context, so a
-# model built from a config in another thread at that moment gets weights with no data (the variants run in threads).
-_BUILDING = threading.Lock()
 
 
 def _cache(dataset_dir, enc_cfg: EncoderConfig, num_actors: int, num_gpus: float, batch_size: int) -> str:
