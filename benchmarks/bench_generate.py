@@ -19,7 +19,7 @@ import torch
 from audiopair.config import DecodingConfig
 from audiopair.evaluate.generate import Generator
 from audiopair.evaluate.score import score
-from audiopair.train.adiff import load_examples
+from audiopair.data.manifest import load_examples
 
 REPO = Path(__file__).resolve().parents[1]
 

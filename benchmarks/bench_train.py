@@ -24,7 +24,8 @@ from audiopair.config import load_config
 from audiopair.data.pipeline import build_dataset
 from audiopair.runtime import ensure_ray
 from audiopair.models.tokenizer import train_tokenizer
-from audiopair.train.adiff import load_examples, make_recipe
+from audiopair.data.manifest import load_examples
+from audiopair.train.adiff import make_recipe
 from audiopair.train.engine import micro_batches, fit
 
 REPO = Path(__file__).resolve().parents[1]

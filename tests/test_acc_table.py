@@ -190,7 +190,7 @@ def test_the_base_learns_a_seeded_half_of_the_ac_training_clips(tiny_dataset, tm
     from audiopair.config import load_config
     from audiopair.evaluate.acc_tables import base_examples
     from audiopair.train.acc_table import base_share
-    from audiopair.train.qwen import load_examples
+    from audiopair.data.manifest import load_examples
 
     dcfg, _ = tiny_dataset
     ds = dcfg.dataset.output_dir

@@ -16,7 +16,7 @@ from audiopair.data.manifest import manifest_path, read_manifest
 from audiopair.evaluate.generate import Generator, generate
 from audiopair.models.adiff import build_model, save_checkpoint
 from audiopair.models.tokenizer import train_tokenizer
-from audiopair.train.adiff import load_examples
+from audiopair.data.manifest import load_examples
 from audiopair.train.engine import micro_batches
 from audiopair.train.pretrain import (clip_labels, extra_examples, label_names, make_encoder_recipe, make_lm_recipe,
                                       render_extra, train_corpus, training_clips)

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from audiopair.audio import load_audio
 from audiopair.data.features import FeatureStore
-from audiopair.data.manifest import SPLITS, read_manifest, resolve_audio
+from audiopair.data.manifest import SPLITS, read_manifest
 from audiopair.data.pipeline import BuildError, build_dataset
 from conftest import tiny_config
 
@@ -31,7 +31,7 @@ def test_tiny_build_writes_valid_manifests_audio_features_stats(tiny_dataset):
         assert len(records) == result.manifests[name]
         assert len({r.id for r in records}) == len(records)  # ids unique
         for r in records[:5]:
-            for path in resolve_audio(out / "manifests" / f"{name}.jsonl", r):
+            for path in r.files(out / "manifests" / f"{name}.jsonl"):
                 x = load_audio(path, cfg.dataset.sample_rate)
                 assert len(x) == int(cfg.dataset.clip_seconds * cfg.dataset.sample_rate)
             assert r.target in r.references and r.meta["eval_prompt"]

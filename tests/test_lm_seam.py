@@ -14,7 +14,7 @@ from audiopair.evaluate.generate import generate
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
 from audiopair.models.lm import lm_config
 from audiopair.models.tokenizer import encode_answers, load_tokenizer, model_prompts, train_tokenizer
-from audiopair.train.adiff import load_examples
+from audiopair.data.manifest import load_examples
 from audiopair.train.engine import local_dir
 from audiopair.train.pretrain import make_lm_recipe, train_corpus
 from conftest import REPO, TINY

@@ -114,3 +114,25 @@ def test_random_pairs_draw_as_the_list_based_rule_did():
         new = random_pairs(ids, "train", per_clip, exclude, random.Random(n))
         assert [(p.first, p.second) for p in new] == old_rule(ids, "train", per_clip, exclude, random.Random(n))
         assert all(p.first != p.second for p in new)
+
+
+def test_event_clips_on_their_own_join_ac_and_the_random_pairs_and_leave_the_triples_alone(tmp_path):
+    from audiopair.tasks.captions import sentence
+    from audiopair.tasks.examples import ac_example, position_examples
+
+    _, without = _plan(tmp_path)
+    cfg, plan = _plan(tmp_path, "dataset.tasks.event_clips=true")
+    events = {c.id for c in plan.clips.values() if c.role == "event"}
+    items = {i.id: i for i in plan.items}
+    assert events and events <= set(items) and not events & {i.id for i in without.items}
+    for e in events:
+        assert items[e].recipe == {"op": "source", "clip": e} and items[e].labels == list(plan.clips[e].labels)
+    bell = items[sorted(events)[0]]  # AC captions it with its own phrase
+    assert ac_example(bell, lambda rid: rid, {}).target == sentence(plan.clips[bell.id].captions[0])
+    edits = [(p.id, p.b.id, p.c and p.c.id) for p in plan.pairs if p.op in ("add", "delete", "replace")]
+    assert edits == [(p.id, p.b.id, p.c and p.c.id) for p in without.pairs if p.op in ("add", "delete", "replace")]
+    assert {p.id for p in without.pairs} < {p.id for p in plan.pairs}  # all planned without them is still planned
+    with_event = [p for p in plan.pairs if p.op == "random" and p.first in events]
+    assert len(with_event) == len(events) * cfg.tasks.random_pairs_per_clip
+    first = position_examples(with_event[0], items, {i: {} for i in items}, lambda rid: rid, ["first"])[0]
+    assert first.target == sentence(plan.clips[with_event[0].first].captions[0])  # "caption the first" names it

@@ -58,11 +58,16 @@ def test_text_stats_hand_computed():
 
 
 def test_dataset_stats_groups_by_task_split_tier_and_counts_hours_once():
+    def rec(n, task, split, tier, target, clips):
+        meta = {"clips": clips} if len(clips) == 2 else {"clip": clips[0]}
+        return Record(id=f"r{n}", task=task, audio=[f"../audio/{c}.flac" for c in clips], prompt="?", target=target,
+                      references=[target], tier=tier, split=split, meta=meta)
+
     recs = [
-        {"task": "adiff", "split": "train", "tier": 1, "target": "Louder first.", "meta": {"clips": ["x", "y"]}},
-        {"task": "adiff", "split": "train", "tier": 1, "target": "Quieter second one.", "meta": {"clips": ["x", "z"]}},
-        {"task": "adiff", "split": "train", "tier": 3, "target": "long text here now", "meta": {"clips": ["x", "y"]}},
-        {"task": "ac", "split": "test", "tier": None, "target": "rain", "meta": {"clip": "x"}},
+        rec(1, "adiff", "train", 1, "Louder first.", ["x", "y"]),
+        rec(2, "adiff", "train", 1, "Quieter second one.", ["x", "z"]),
+        rec(3, "adiff", "train", 3, "long text here now", ["x", "y"]),
+        rec(4, "ac", "test", None, "rain", ["x"]),
     ]
     st = dataset_stats(recs, {"x": 3600.0, "y": 1800.0, "z": 360.0})
     t1 = st["tasks"]["adiff"]["train"]["tier1"]

@@ -8,7 +8,8 @@ import pytest
 
 from audiopair.config import load_config
 from audiopair.models.tokenizer import train_tokenizer
-from audiopair.train.adiff import load_examples, make_recipe
+from audiopair.data.manifest import load_examples
+from audiopair.train.adiff import make_recipe
 from audiopair.train.engine import KillOnce, deepspeed_config, fit, lr_lambda, micro_batches
 from conftest import REPO, TINY
 

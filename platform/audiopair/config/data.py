@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from audiopair.config.base import Section
+from audiopair.records import TaskName
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -91,7 +92,6 @@ class ExplanationConfig(Section):
         return self
 
 
-TaskName = Literal["ac", "adc", "acc", "adiff", "position"]
 
 
 class TasksConfig(Section):
@@ -101,6 +101,10 @@ class TasksConfig(Section):
     triples_per_base: int = Field(2, ge=1)  # edit triples (A, B, C) drawn per base clip
     random_pairs_per_clip: int = Field(1, ge=0)  # ADIFF App. E random pairs per clip
     random_pair_exclude: int = Field(5, ge=1)  # App. E: partner is not one of clips i .. i+4
+    # each event clip (role "event") also written on its own, as the clip it is: AC captions it with its phrase, and
+    # it joins the random pairs (ADIFF App. E, position captioning), so a model hears isolated events and names them,
+    # which is how a prefix model classifies (evaluate/downstream.py). Off: events are heard only mixed into bases.
+    event_clips: bool = False
     tiers: list[Literal[1, 2, 3]] = [1, 2, 3]
     position_kinds: list[Literal["first", "second", "both"]] = ["first", "second", "both"]
     explanations: ExplanationConfig = ExplanationConfig()

@@ -1,59 +1,21 @@
-"""The manifest record (DESIGN.md): one example per JSON line, validated on read and on write."""
+"""Manifests: ``audiopair.records.Record`` s, one per JSON line, validated on read and on write; the training and
+evaluation examples made from them."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Callable, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from audiopair.atomic import atomic_write_jsonl
 from audiopair.data.io import JsonlWriter
+from audiopair.records import AUDIO_COUNT, SPLITS, TASKS, Record, RenderRecipe
 
-Task = Literal["ac", "adc", "acc", "adiff", "position"]
-Split = Literal["train", "val", "test"]
-TASKS: tuple[str, ...] = ("ac", "adc", "acc", "adiff", "position")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-AUDIO_COUNT = {"ac": 1, "adc": 2, "acc": 2, "adiff": 2, "position": 2}
-
-
-class RenderRecipe(BaseModel):
-    """How to render an example's audio on the fly instead of reading files (see data/render.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-    clips: list[dict] = Field(min_length=1, max_length=2)
-
-
-class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(min_length=1)
-    task: Task
-    audio: list[str] | RenderRecipe
-    prompt: str = Field(min_length=1)
-    target: str = Field(min_length=1)
-    references: list[str] = Field(min_length=1)
-    tier: Literal[1, 2, 3] | None = None
-    split: Split
-    meta: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("references")
-    @classmethod
-    def _no_empty_reference(cls, refs: list[str]) -> list[str]:
-        if any(not r.strip() for r in refs):
-            raise ValueError("references must not contain empty texts")
-        return refs
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "Record":
-        if (self.task == "adiff") != (self.tier is not None):
-            raise ValueError("tier is required for task 'adiff' and must be null for other tasks")
-        n = len(self.audio) if isinstance(self.audio, list) else len(self.audio.clips)
-        if n != AUDIO_COUNT[self.task]:
-            raise ValueError(f"task {self.task!r} takes {AUDIO_COUNT[self.task]} audio, got {n}")
-        return self
+__all__ = ["AUDIO_COUNT", "SPLITS", "TASKS", "ManifestError", "ManifestWriter", "Record", "RenderRecipe", "example",
+           "load_examples", "manifest_path", "read_manifest", "write_manifest"]
 
 
 class ManifestError(ValueError):
@@ -125,11 +87,23 @@ def manifest_path(root: str | os.PathLike, task: str, split: str) -> Path:
     return Path(root) / "manifests" / f"{task}_{split}.jsonl"
 
 
-def mix_tasks(dataset_dir: str | os.PathLike, split: str, weights: dict[str, float], seed: int,
-              convert: Callable[[Path, Record], Any], on_error=None) -> list:
-    """Training examples of several tasks mixed by weight: a weight of 0.5 keeps a seeded half of a task's records,
-    2 repeats them, 1.5 repeats them once and adds a seeded half. ``convert(manifest, record)`` makes each example.
-    A bad record stops the load, or with ``on_error`` (see ``read_manifest``) is skipped."""
+def example(manifest: str | os.PathLike, record: Record) -> dict:
+    """What the trainers and the evaluation read of ``record`` (from ``manifest``), one plain dict per example
+    (examples travel to Ray workers and become report rows): ``id``, ``task``, ``tier``, ``prompt``,
+    ``eval_prompt``, ``target``, ``references``, ``clips`` (feature ids, ``Record.clips``) and ``audio``
+    (absolute files, ``Record.files``; ``[]`` for a record holding a render recipe). Each model family turns these
+    into tensors in one place: ADIFF's ``train.adiff`` collate, Qwen2-Audio's ``models.qwen2_audio.encode_batch``."""
+    r = record
+    return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "eval_prompt": r.eval_prompt,
+            "target": r.target, "references": r.references, "clips": r.clips,
+            "audio": [str(p) for p in r.files(manifest)] if isinstance(r.audio, list) else []}
+
+
+def load_examples(dataset_dir: str | os.PathLike, split: str, weights: dict[str, float], seed: int,
+                  on_error=None) -> list[dict]:
+    """The ``example`` s of several tasks of ``split``, mixed by weight: a weight of 0.5 keeps a seeded half of a
+    task's records, 2 repeats them, 1.5 repeats them once and adds a seeded half. A bad record stops the load, or
+    with ``on_error`` (see ``read_manifest``) is skipped."""
     import random
 
     rng = random.Random(seed)
@@ -140,15 +114,7 @@ def mix_tasks(dataset_dir: str | os.PathLike, split: str, weights: dict[str, flo
         path = manifest_path(dataset_dir, task, split)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: build the dataset with these tasks (dataset.tasks.enabled)")
-        recs = [convert(path, r) for r in read_manifest(path, on_error)]
+        recs = [example(path, r) for r in read_manifest(path, on_error)]
         whole, frac = int(w), w - int(w)
         out += recs * whole + rng.sample(recs, int(round(frac * len(recs))))
     return out
-
-
-def resolve_audio(manifest: str | os.PathLike, record: Record) -> list[Path]:
-    """Absolute audio paths of a file-backed record (paths in a manifest are relative to its folder)."""
-    if not isinstance(record.audio, list):
-        raise ValueError(f"record {record.id} holds a recipe, not files")
-    base = Path(manifest).resolve().parent
-    return [(base / a).resolve() for a in record.audio]

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 
 from audiopair.config import DatasetConfig, SplitConfig
 from audiopair.corpus.base import Clip, Missing
+from audiopair.records import SPLITS
 from audiopair.tasks.edits import PairItem, RenderItem, mix_item, pick_events, random_pairs, six_pairs, source_item
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -126,6 +125,8 @@ def make_plan(sources: list, cfg: DatasetConfig, unusable: dict[str, str] | None
                     pairs.extend(six_pairs(items[a.id], ab, ac, b, c, split, rng))
         split_ids = [i.id for i in items.values() if i.split == split]
         pairs.extend(random_pairs(split_ids, split, cfg.tasks.random_pairs_per_clip, cfg.tasks.random_pair_exclude, rng))
+        if cfg.tasks.event_clips:
+            pairs.extend(_event_clips(events, items, split_ids, split, cfg))
 
     for p, scfg in csv_pairs:
         split = split_of[p.clip1.id]
@@ -134,6 +135,20 @@ def make_plan(sources: list, cfg: DatasetConfig, unusable: dict[str, str] | None
         answer = {"tier": p.tier, "prompt": p.prompt, "answer": p.answer, "row": p.row, "csv": p.csv}
         pairs.append(PairItem(f"csv/{p.clip1.id}~{p.clip2.id}/r{p.row}", split, "csv", p.clip1.id, p.clip2.id, answer=answer))
     return Plan(list(items.values()), pairs, clips, missing)
+
+
+def _event_clips(events: list[Clip], items: dict[str, RenderItem], split_ids: list[str], split: str,
+                 cfg: DatasetConfig) -> list[PairItem]:
+    """``tasks.event_clips``: each event clip of ``split`` as an item of its own (added to ``items``), and its
+    random pairs (App. E's rule over the split's clips and these), drawn from their own seeded generator so that
+    everything planned without them is planned as it was."""
+    alone = [source_item(c, split) for c in events]
+    items.update(_keyed(i) for i in alone)
+    ids = {i.id for i in alone}
+    rng = random.Random(f"{cfg.seed}|event-clips|{split}")
+    drawn = random_pairs(split_ids + sorted(ids), split, cfg.tasks.random_pairs_per_clip, cfg.tasks.random_pair_exclude,
+                         rng)
+    return [p for p in drawn if p.first in ids]
 
 
 def _keyed(item: RenderItem) -> tuple[str, RenderItem]:

@@ -7,6 +7,8 @@ import math
 import re
 from collections import Counter, defaultdict
 
+from audiopair.records import Record
+
 _WORDLIKE = re.compile(r"\w")
 _EDGE_PUNCT = "\"'“”‘’.,;:!?()[]{}<>"
 
@@ -88,8 +90,8 @@ def text_stats(texts: list[str]) -> dict:
     return acc.result()
 
 
-def group_key(rec: dict) -> str:
-    return f"tier{rec['tier']}" if rec.get("tier") else "all"
+def group_key(rec: Record) -> str:
+    return f"tier{rec.tier}" if rec.tier else "all"
 
 
 class DatasetStats:
@@ -101,12 +103,12 @@ class DatasetStats:
         self._by: dict[tuple[str, str, str], tuple[TextStats, set]] = {}
         self._ent: dict[tuple[str, str], TextStats] = {}
 
-    def add(self, r: dict) -> None:
+    def add(self, r: Record) -> None:
         g = group_key(r)
-        text, clips = self._by.setdefault((r["task"], r["split"], g), (TextStats(), set()))
-        text.add(r["target"])
-        clips.update(c for c in (r["meta"].get("clips") or [r["meta"].get("clip")]) if c)
-        self._ent.setdefault((r["task"], g), TextStats()).add(r["target"])
+        text, clips = self._by.setdefault((r.task, r.split, g), (TextStats(), set()))
+        text.add(r.target)
+        clips.update(r.clips)
+        self._ent.setdefault((r.task, g), TextStats()).add(r.target)
 
     def result(self, durations: dict[str, float]) -> dict:
         tasks: dict = defaultdict(lambda: defaultdict(dict))
@@ -121,8 +123,8 @@ class DatasetStats:
         return {"tasks": {t: dict(v) for t, v in tasks.items()}, "entropy": dict(ent)}
 
 
-def dataset_stats(records: list[dict], durations: dict[str, float]) -> dict:
-    """``records`` are manifest rows (``meta.clips`` or ``meta.clip`` name their clips); ``durations`` in seconds.
+def dataset_stats(records: list[Record], durations: dict[str, float]) -> dict:
+    """``records``: manifest records (``Record.clips`` name their clips); ``durations``: clip id -> seconds.
 
     Returns ``{"tasks": {task: {split: {group: stats}}}, "entropy": {task: {group: {word, char}}}}`` where group is
     ``tier1..3`` for ADIFF and ``all`` otherwise; hours count each distinct clip once per group.

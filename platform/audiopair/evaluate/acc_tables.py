@@ -35,7 +35,7 @@ from audiopair.evaluate.downstream import prepare_all
 from audiopair.evaluate.run import evaluate_checkpoint
 from audiopair.train.acc_table import (base_share, budget_examples, digest, examples_digest, slug, train_base,
                                        train_row, val_examples)
-from audiopair.train.qwen import load_examples
+from audiopair.data.manifest import load_examples
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ def label_questions(cfg: Config, name: str, per_kind: int) -> list[dict]:
 
 def label_lists(dataset_dir: str | Path, split: str) -> list[dict]:
     """"Which sounds are in the audio" over each AC clip of ``split``, answered with its labels (``meta.labels``)."""
-    from audiopair.data.manifest import resolve_audio
-
     path = manifest_path(dataset_dir, "ac", split)
     out = []
     for r in read_manifest(path):
@@ -74,7 +72,7 @@ def label_lists(dataset_dir: str | Path, split: str) -> list[dict]:
         answer = ", ".join(_readable(l) for l in r.meta["labels"])
         out.append({"id": f"labels/{r.id}", "task": "labels", "tier": None, "prompt": LIST_PROMPT,
                     "eval_prompt": LIST_PROMPT, "target": answer, "references": [answer],
-                    "audio": [str(p) for p in resolve_audio(path, r)]})
+                    "audio": [str(p) for p in r.files(path)]})
     return out
 
 

@@ -282,8 +282,8 @@ def generate(checkpoint: str | Path, dataset_dir: str | Path, examples: list[dic
         out = run_generator(QwenGenerator, (str(checkpoint), qwen_audio or {}, dec), rows, batch_size, num_actors,
                             num_gpus)
     else:  # ADIFF always hears two audios: a one-audio task (AC) gives it the clip twice
-        rows = [{"id": e["id"], "clip1": e["clips"][0], "clip2": e["clips"][-1], "eval_prompt": e["eval_prompt"]}
-                for e in examples]
+        rows = [{"id": e["id"], "clip1": (e["clips"] or [""])[0], "clip2": (e["clips"] or [""])[-1],
+                 "eval_prompt": e["eval_prompt"]} for e in examples]  # no clip ids: a KeyError skips the example
         out = run_generator(Generator, (str(checkpoint), str(dataset_dir), dec), rows, batch_size, num_actors,
                             num_gpus)
     return [{**e, **o} for e, o in zip(examples, out)]

@@ -23,7 +23,7 @@ from audiopair.config import Config
 from audiopair.evaluate.downstream import Classification, ClassifySet, classify_checkpoint, prepare_all
 from audiopair.evaluate.generate import generate, is_qwen
 from audiopair.evaluate.score import ScoreReport, score_groups
-from audiopair.data.manifest import mix_tasks, resolve_audio
+from audiopair.data.manifest import load_examples
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +70,9 @@ def split_examples(dataset_dir: str | Path, split: str, tasks: list[str], limit:
                    on_error=None):
     """Examples of ``tasks`` in ``split``; with ``limit``, a seeded sample of at most that many per task and tier.
     Bad records go to ``on_error`` (skipped) when it is given."""
-    def convert(manifest: Path, r) -> dict:
-        return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "references": r.references,
-                "eval_prompt": r.meta.get("eval_prompt", r.prompt),
-                "clips": list(r.meta["clips"]) if "clips" in r.meta else [r.meta.get("clip", "")],  # feature ids
-                # files, for models that read audio (records holding a render recipe have none)
-                "audio": [str(p) for p in resolve_audio(manifest, r)] if isinstance(r.audio, list) else []}
-
     out = []
     for task in tasks:
-        ex = mix_tasks(dataset_dir, split, {task: 1.0}, seed, convert, on_error)
+        ex = load_examples(dataset_dir, split, {task: 1.0}, seed, on_error)
         if limit:
             rng = random.Random(seed)
             by_tier: dict = {}

@@ -1,4 +1,4 @@
-"""How rendered clips and pairs become examples (manifest records) for each task.
+"""How rendered clips and pairs become examples (``audiopair.records.Record``, validated here) for each task.
 
 Targets: AC the clip's caption; ADC the edit instruction; ACC the commonality (tasks/captions.py); ADIFF tier 1-3
 explanations (tasks/explain.py, or the LLM's text); position "caption the first / second / both".
@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from typing import Callable
 
+from audiopair.records import Record
 from audiopair.tasks import captions as cap
 from audiopair.tasks import prompts
 from audiopair.tasks.edits import PairItem, RenderItem
@@ -23,22 +24,25 @@ def _rng(*parts) -> random.Random:
 
 
 def _record(rid: str, task: str, split: str, audio: list[str], target: str, references: list[str], meta: dict,
-            tier: int | None = None, position: str | None = None) -> dict:
+            tier: int | None = None, position: str | None = None, prompt: str | None = None) -> Record:
+    """The record, its training prompt drawn from the task's bank (seeded by ``rid``) unless ``prompt`` is given,
+    which is then also the one evaluation asks. Raises pydantic's ValidationError naming the field."""
     refs = list(dict.fromkeys([target] + [r for r in references if r.strip()]))
-    return {
-        "id": rid,
-        "task": task,
-        "audio": audio,
-        "prompt": prompts.sample(task, _rng(rid, "prompt"), tier=tier, position=position),
-        "target": target,
-        "references": refs,
-        "tier": tier,
-        "split": split,
-        "meta": {**meta, "eval_prompt": prompts.canonical(task, tier=tier, position=position)},
-    }
+    return Record(
+        id=rid,
+        task=task,
+        audio=audio,
+        prompt=prompt if prompt is not None else prompts.sample(task, _rng(rid, "prompt"), tier=tier, position=position),
+        target=target,
+        references=refs,
+        tier=tier,
+        split=split,
+        meta={**meta, "eval_prompt": prompt if prompt is not None else
+              prompts.canonical(task, tier=tier, position=position)},
+    )
 
 
-def ac_example(item: RenderItem, path: AudioPath, facts: dict) -> dict:
+def ac_example(item: RenderItem, path: AudioPath, facts: dict) -> Record:
     return _record(f"ac/{item.id}", "ac", item.split, [path(item.id)], cap.sentence(item.captions[0]),
                    [cap.sentence(c) for c in item.captions],
                    {"clip": item.id, "recipe": item.recipe, "labels": item.labels, "facts": facts})
@@ -55,7 +59,7 @@ def _pair_meta(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, di
     return meta
 
 
-def adc_example(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], path: AudioPath) -> dict:
+def adc_example(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], path: AudioPath) -> Record:
     assert pair.b is not None, pair.id
     b_phr, c_phr = pair.b.captions, (pair.c.captions if pair.c else None)
     refs = [cap.instruction(pair.op, b_phr[k % len(b_phr)], c_phr[k % len(c_phr)] if c_phr else None, pair.variant + k)
@@ -64,7 +68,7 @@ def adc_example(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, d
                    _pair_meta(pair, items, facts))
 
 
-def acc_example(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], path: AudioPath) -> dict:
+def acc_example(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], path: AudioPath) -> Record:
     pre, post, base = items[pair.first], items[pair.second], items[pair.base or pair.first]
     n = min(len(pre.captions), len(post.captions))
     refs = [cap.commonality(pair.op, pre.captions[k], post.captions[k], base.captions[0]) for k in range(n)]
@@ -84,7 +88,7 @@ def pair_info(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dic
 
 
 def adiff_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], meta: dict[str, dict],
-                   path: AudioPath, tiers: list[int], written: dict[tuple[str, int], str] | None = None) -> list[dict]:
+                   path: AudioPath, tiers: list[int], written: dict[tuple[str, int], str] | None = None) -> list[Record]:
     """Three tiers per pair. ``written`` holds LLM texts by (pair id, tier); else the template generator writes.
 
     References: the target plus a second template phrasing (a different seed), so scoring sees paraphrase."""
@@ -95,8 +99,8 @@ def adiff_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str
         t = int(pair.answer["tier"])
         if t not in tiers:
             return []
-        rec = _record(f"adiff/{pair.id}/t{t}", "adiff", pair.split, audio, pair.answer["answer"], [], base_meta, tier=t)
-        return [{**rec, "prompt": pair.answer["prompt"], "meta": {**rec["meta"], "eval_prompt": pair.answer["prompt"]}}]
+        return [_record(f"adiff/{pair.id}/t{t}", "adiff", pair.split, audio, pair.answer["answer"], [], base_meta,
+                        tier=t, prompt=pair.answer["prompt"])]
     info = pair_info(pair, items, facts, meta)
     for t in tiers:
         rid = f"adiff/{pair.id}/t{t}"
@@ -107,7 +111,7 @@ def adiff_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str
 
 
 def position_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], path: AudioPath,
-                      kinds: list[str]) -> list[dict]:
+                      kinds: list[str]) -> list[Record]:
     first, second = items[pair.first], items[pair.second]
     out = []
     for kind in kinds:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from audiopair.atomic import atomic_write_json
 from audiopair.config import Config
-from audiopair.train.qwen import load_examples
+from audiopair.data.manifest import load_examples
 
 
 def digest(obj) -> str:

@@ -14,24 +14,12 @@ import torch
 
 from audiopair.config import Config
 from audiopair.data.features import FeatureStore, check_front_end, front_end
-from audiopair.data.manifest import mix_tasks
+from audiopair.data.manifest import load_examples
 from audiopair.models.adiff import build_model, load_checkpoint, save_checkpoint, set_stage
 from audiopair.models.tokenizer import encode_answers, load_tokenizer, model_prompts
 from audiopair.train.engine import Recipe, checkpoint_uri, local_dir
 from audiopair.train.pretrain import LABELS
 from audiopair.variants import VARIANTS
-
-
-def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int,
-                  on_error=None) -> list[dict]:
-    """Records of each weighted task in ``split`` (see ``mix_tasks``) as plain dicts (prompt, target, the two clip
-    ids, task, tier)."""
-    def convert(_, r) -> dict:
-        return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "target": r.target,
-                "eval_prompt": r.meta.get("eval_prompt", r.prompt), "references": r.references,
-                "clips": list(r.meta["clips"])}
-
-    return mix_tasks(dataset_dir, split, weights, seed, convert, on_error)
 
 
 class AudioBank:
@@ -104,13 +92,13 @@ def make_recipe(config: dict) -> Recipe:
         return model
 
     def examples(split: str) -> list[dict]:
-        ex = load_examples(cfg.dataset.output_dir, split, weights, cfg.train.seed)
-        if "bank" not in state:
-            clips = {c for s in ("train", "val") for e in load_examples(cfg.dataset.output_dir, s, weights, 0)
-                     for c in e["clips"]}
+        if "examples" not in state:  # both splits at once: the bank holds exactly the clips they hear
+            state["examples"] = {s: load_examples(cfg.dataset.output_dir, s, weights, cfg.train.seed)
+                                 for s in ("train", "val")}
+            clips = {c for ex in state["examples"].values() for e in ex for c in e["clips"]}
             state["bank"] = AudioBank(cfg.dataset.output_dir, clips, state["model"],
                                       cache=config.get("cache_embeddings", True))
-        return ex
+        return state["examples"][split]
 
     def collate(batch: list[dict]) -> dict:
         bank = state["bank"]

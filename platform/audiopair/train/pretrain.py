@@ -49,7 +49,7 @@ def clip_labels(dataset_dir: str | Path, split: str) -> dict[str, list[str]]:
     for r in read_manifest(path):
         if not r.meta.get("labels"):
             raise ValueError(f"{path}: record {r.id} has no meta.labels to pretrain the encoder on")
-        out[r.meta["clip"]] = list(r.meta["labels"])
+        out[r.clips[0]] = list(r.meta["labels"])
     return out
 
 

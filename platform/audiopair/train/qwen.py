@@ -12,19 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from audiopair.config import Config, StageConfig
-from audiopair.data.manifest import mix_tasks, resolve_audio
+from audiopair.data.manifest import load_examples
 from audiopair.train.engine import Recipe
-
-
-def load_examples(dataset_dir: str | Path, split: str, weights: dict[str, float], seed: int,
-                  on_error=None) -> list[dict]:
-    """The weighted task mixture as dicts: id, task, prompt, target, references, absolute audio paths."""
-    def convert(manifest: Path, r) -> dict:
-        return {"id": r.id, "task": r.task, "tier": r.tier, "prompt": r.prompt, "target": r.target,
-                "eval_prompt": r.meta.get("eval_prompt", r.prompt), "references": r.references,
-                "audio": [str(p) for p in resolve_audio(manifest, r)]}
-
-    return mix_tasks(dataset_dir, split, weights, seed, convert, on_error)
 
 
 def read_waves(example: dict, processor, max_seconds: float | None) -> list[np.ndarray]:
