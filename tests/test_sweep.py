@@ -54,7 +54,7 @@ def _sweep_args(sizes: dict, *extra) -> list[str]:
 
 
 def test_bad_search_space_keys_fail_before_anything_runs(tiny_dataset, tmp_path, sizes):
-    from audiopair.train.sweep import check_grid
+    from audiopair.train.sweep_grid import check_grid
 
     def error(*extra) -> str:
         with pytest.raises(ConfigError) as e:

@@ -83,10 +83,16 @@ class Config(Section):
     serve: ServeConfig = ServeConfig()
 
     def for_workers(self) -> "Config":
-        """This config with ``dataset.output_dir`` (and ``finetune.model`` when it is a local folder) made absolute:
-        Ray workers run in their own working directories. Recipe factories receive it as ``config["cfg"]``."""
+        """This config with its folders made absolute: ``work_dir``, ``dataset.output_dir``, a local
+        ``train.storage_path`` (a URI stays as it is) and ``finetune.model`` when it is a local folder. Ray Train
+        workers and Tune trials run in working directories of their own. Recipe factories receive it as
+        ``config["cfg"]``; the sweep plans with it."""
         dataset_dir = str(Path(self.dataset.output_dir).resolve())
-        update = {"dataset": self.dataset.model_copy(update={"output_dir": dataset_dir})}
+        storage = self.train.storage_path
+        update = {"work_dir": str(Path(self.work_dir).resolve()),
+                  "dataset": self.dataset.model_copy(update={"output_dir": dataset_dir}),
+                  "train": self.train.model_copy(update={
+                      "storage_path": storage if "://" in storage else str(Path(storage).resolve())})}
         if Path(self.finetune.model).exists():
             update["finetune"] = self.finetune.model_copy(update={"model": str(Path(self.finetune.model).resolve())})
         return self.model_copy(update=update)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
@@ -55,6 +56,12 @@ def digest(identities: dict[str, str]) -> str:
     for p in sorted(identities):
         h.update(f"{p}\0{identities[p]}\n".encode())
     return h.hexdigest()[:16]
+
+
+def json_digest(obj, length: int = 16, algorithm: str = "sha256") -> str:
+    """A short stable hash of a JSON-able object (keys sorted; what JSON cannot hold goes in as ``str``): the
+    fingerprint of config sections, example lists, studies. The sweep's trial names keep their ``sha1``, 8."""
+    return hashlib.new(algorithm, json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def changed_files(old: dict[str, str], new: dict[str, str]) -> list[str]:

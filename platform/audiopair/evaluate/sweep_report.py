@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from audiopair.config import Config
-from audiopair.train.sweep import Trial, column_name
+from audiopair.train.sweep import Trial
+from audiopair.train.sweep_grid import column_name
 
 
 def eval_config(cfg: Config) -> Config:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from audiopair.atomic import atomic_write_json
 from audiopair.config import ScenarioConfig, StudyConfig
+from audiopair.data.fingerprint import json_digest
 from audiopair.data.io import read_jsonl
 
 DIMENSIONS = ("cor", "gra", "rdb")  # correctness, granularity, readability (ADIFF Table 3's columns)
@@ -234,7 +235,7 @@ def build_study(cfg: StudyConfig, say=print) -> Path:
     study = {"name": cfg.name, "seed": cfg.seed, "models": models, "scenarios": [s.name for s in cfg.scenarios],
              "dimensions": list(DIMENSIONS), "sources": {s.name: s.predictions for s in cfg.scenarios},
              "items": items}
-    study["fingerprint"] = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+    study["fingerprint"] = json_digest(items)
     atomic_write_json(out / RATERS_FILE, {r: secrets.token_urlsafe(24) for r in cfg.raters})
     os.chmod(out / RATERS_FILE, 0o600)
     atomic_write_json(out / STUDY_FILE, study)  # last: its presence means a finished build

@@ -17,8 +17,6 @@ mixture, each row on the same number of training examples.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 import shutil
@@ -26,12 +24,13 @@ from pathlib import Path
 
 from audiopair.atomic import atomic_write_json
 from audiopair.config import Config
+from audiopair.data.fingerprint import json_digest
 from audiopair.data.manifest import load_examples
 
 
 def digest(obj) -> str:
     """A short stable hash of a JSON-able object (config sections, example lists)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return json_digest(obj, 12)
 
 
 def slug(row: str) -> str:
