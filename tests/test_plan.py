@@ -127,6 +127,8 @@ def test_event_clips_on_their_own_join_ac_and_the_random_pairs_and_leave_the_tri
     assert events and events <= set(items) and not events & {i.id for i in without.items}
     for e in events:
         assert items[e].recipe == {"op": "source", "clip": e} and items[e].labels == list(plan.clips[e].labels)
+    x, _ = render(items[e].recipe, plan.clips, cfg, "train")  # a short event padded to a whole clip, as a file is
+    assert len(x) == int(cfg.clip_seconds * cfg.sample_rate) and np.abs(x).max() > 0
     bell = items[sorted(events)[0]]  # AC captions it with its own phrase
     assert ac_example(bell, lambda rid: rid, {}).target == sentence(plan.clips[bell.id].captions[0])
     edits = [(p.id, p.b.id, p.c and p.c.id) for p in plan.pairs if p.op in ("add", "delete", "replace")]

@@ -12,19 +12,23 @@ from audiopair.corpus.base import Clip
 def load_clip(clip: Clip, sample_rate: int, seconds: float | None, pad: str = "zero", crop: str = "start",
               seed: int = 0) -> np.ndarray:
     """A source clip's audio: synthesised for the demo bank, read from its file otherwise. Needs only the clip,
-    so Ray workers can load any source's clips without the source objects. A file is cropped / padded to
-    ``seconds`` by ``pad`` and ``crop`` (``audiopair.audio.crop_or_pad`` / ``crop_offset``; "random" is keyed by
-    ``seed`` and the clip id, so a rebuild cuts the same piece)."""
+    so Ray workers can load any source's clips without the source objects. With ``seconds``, the clip is cropped /
+    padded to that length by ``pad`` and ``crop`` (``audiopair.audio.crop_or_pad`` / ``crop_offset``; "random" is
+    keyed by ``seed`` and the clip id, so a rebuild cuts the same piece), synthesised or read alike (a demo event,
+    shorter than a clip, is padded as a short file is)."""
     if "synth" in clip.meta:
         from audiopair.corpus.demo import synthesise
 
-        return synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)
-    if clip.path is None:
+        x = synthesise(clip.meta["synth"], clip.id, sample_rate, seconds)
+    elif clip.path is None:
         raise AudioError(None, f"clip {clip.id} has neither a file nor a synth recipe")
+    else:
+        x = load_audio(clip.path, sample_rate)
     if seconds is None:
-        return load_audio(clip.path, sample_rate)
-    x = load_audio(clip.path, sample_rate)
+        return x
     length = int(round(seconds * sample_rate))
+    if len(x) == length:  # a demo scene is synthesised at its length
+        return x
     return crop_or_pad(x, length, crop_offset(len(x), length, crop, f"{seed}|{clip.id}"), pad)
 
 
