@@ -25,9 +25,10 @@ demo-acc: $(STAMP)
 # Two pytest workers, whole files each (module fixtures stay shared), in conftest's order (not xdist's
 # most-tests-first): the ten-minute demo test starts at once on one worker while the other runs the rest.
 # The page tests drive Debian's chromium through Selenium: installed here when missing (as helm is, above).
+# --durations: the slowest tests are printed, to keep the whole under its 30-minute budget.
 test: $(STAMP)
 	bash scripts/install_chromium.sh
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=12
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_build.py
