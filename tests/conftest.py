@@ -24,7 +24,6 @@ TINY = [
     "dataset.demo.event_clips_per_kind=3",
     "dataset.demo.base_clips=14",
     "dataset.tasks.triples_per_base=1",
-    "dataset.tasks.event_clips=false",  # the tiny build the tests were sized on: events heard only in mixes
     "dataset.features.n_fft=512",
     "dataset.features.hop_length=160",
     "dataset.features.f_max=8000",
