@@ -99,6 +99,12 @@ def test_manifest_round_trip_and_errors_name_file_line_and_field(tmp_path):
     path.write_text(json.dumps(_rec(task="adiff")) + "\n")
     with pytest.raises(ManifestError, match=r"m.jsonl:1: .*tier"):
         list(read_manifest(path))
+    path.write_text(json.dumps(_rec(meta={"clips": ["a"]})) + "\n")  # the feature ids must match the audio
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: .*meta names 1 clip ids .* for 2 audio"):
+        list(read_manifest(path))
+    assert Record.model_validate(_rec(meta={"clips": ["a", "b"]})).clips == ["a", "b"]
+    assert Record.model_validate(_rec(task="ac", audio=["a.flac"], meta={"clip": "a"})).clips == ["a"]
+    assert Record.model_validate(_rec()).clips == []  # a hand-written manifest without ids: files only
     path.write_text("{not json\n")
     with pytest.raises(ManifestError, match=r"m.jsonl:1: not valid JSON"):
         list(read_manifest(path))

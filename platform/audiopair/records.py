@@ -57,19 +57,21 @@ class Record(BaseModel):
         n = len(self.audio) if isinstance(self.audio, list) else len(self.audio.clips)
         if n != AUDIO_COUNT[self.task]:
             raise ValueError(f"task {self.task!r} takes {AUDIO_COUNT[self.task]} audio, got {n}")
+        ids = self._clip_ids()
+        if ids and len(ids) != n:
+            raise ValueError(f"meta names {len(ids)} clip ids (meta.clips / meta.clip) for {n} audio")
         return self
+
+    def _clip_ids(self) -> list:
+        return self.meta.get("clips") or ([self.meta["clip"]] if self.meta.get("clip") else [])
 
     @property
     def clips(self) -> list[str]:
         """The ids of the rendered clips this record hears, in order (one for AC, two for pairs): the keys of the
         dataset's feature cache (``data/features.FeatureStore``). ``[]`` when ``meta`` names none (a manifest
-        written by hand: models reading the files still can). Raises ``ValueError`` naming the record when it
-        names a wrong number."""
-        ids = self.meta.get("clips") or ([self.meta["clip"]] if self.meta.get("clip") else [])
-        if ids and len(ids) != AUDIO_COUNT[self.task]:
-            raise ValueError(f"record {self.id}: meta names {len(ids)} clip ids (meta.clips / meta.clip), the task "
-                             f"{self.task!r} hears {AUDIO_COUNT[self.task]}")
-        return [str(c) for c in ids]
+        written by hand: models reading the files still can); a wrong number fails validation, so a manifest line
+        with one is refused (or skipped) naming its file and line."""
+        return [str(c) for c in self._clip_ids()]
 
     @property
     def eval_prompt(self) -> str:

@@ -63,6 +63,8 @@ class BuildResult:
 def config_fingerprint(cfg: DatasetConfig, plan: Plan) -> str:
     """What decides the build's content: not where it goes or how many workers make it."""
     content = cfg.model_dump(mode="json", exclude={"output_dir", "num_workers", "on_existing"})
+    if not content["tasks"]["event_clips"]:  # added later: off, the build is what it was, and so is its fingerprint
+        del content["tasks"]["event_clips"]
     h = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
     h.update(plan.fingerprint().encode())
     return h.hexdigest()[:16]
