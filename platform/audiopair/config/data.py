@@ -92,8 +92,6 @@ class ExplanationConfig(Section):
         return self
 
 
-
-
 class TasksConfig(Section):
     """Which examples the builder writes, and how many."""
 

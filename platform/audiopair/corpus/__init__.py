@@ -27,8 +27,6 @@ def load_clip(clip: Clip, sample_rate: int, seconds: float | None, pad: str = "z
     if seconds is None:
         return x
     length = int(round(seconds * sample_rate))
-    if len(x) == length:  # a demo scene is synthesised at its length
-        return x
     return crop_or_pad(x, length, crop_offset(len(x), length, crop, f"{seed}|{clip.id}"), pad)
 
 

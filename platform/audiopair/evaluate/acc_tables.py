@@ -29,13 +29,12 @@ import torch
 
 from audiopair.atomic import atomic_write_json, atomic_write_text
 from audiopair.config import Config, ConfigError
-from audiopair.data.manifest import manifest_path, read_manifest
+from audiopair.data.manifest import load_examples, manifest_path, read_manifest
 from audiopair.evaluate.classify import _readable, classification_prompt, demo_label_csv, demo_labels, read_label_csv
 from audiopair.evaluate.downstream import prepare_all
 from audiopair.evaluate.run import evaluate_checkpoint
 from audiopair.train.acc_table import (base_share, budget_examples, digest, examples_digest, slug, train_base,
                                        train_row, val_examples)
-from audiopair.data.manifest import load_examples
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from audiopair.audio import AudioError
 from audiopair.config import DecodingConfig
 from audiopair.data.features import FeatureStore
 from audiopair.progress import Progress
-from audiopair.runtime import MODEL_BUILDING
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +240,7 @@ def run_generator(cls: type[Generator], args: tuple, rows: list[dict], batch_siz
     # examples done, examples/s and ETA in the log at most every 15 s (audiopair.progress), and a last line
     with Progress(len(rows), "generate", "examples", emit=log.info, heartbeat=True) as bar:
         if num_actors <= 0:
-            with MODEL_BUILDING:  # evaluations run side by side in threads (audiopair.runtime says why)
-                gen = cls(*args)
+            gen = cls(*args)  # its model loader holds audiopair.runtime.MODEL_BUILDING
             out = []
             for k in range(0, len(rows), batch_size):
                 chunk = rows[k : k + batch_size]

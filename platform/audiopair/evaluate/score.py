@@ -41,8 +41,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from audiopair.evaluate.java import ensure_aac_cache, find_java, patch_aac_java_check
-from audiopair.evaluate.fense import DEFAULT_ECHECKER, DEFAULT_SBERT_MODEL, ECHECKERS, fense_missing  # noqa: F401
-from audiopair.evaluate.metrics import (  # noqa: F401 (fense_missing, fetch_command: public here too)
+from audiopair.evaluate.fense import (  # noqa: F401 (fense_missing: public here too)
+    DEFAULT_ECHECKER,
+    DEFAULT_SBERT_MODEL,
+    ECHECKERS,
+    fense_missing,
+)
+from audiopair.evaluate.metrics import (  # noqa: F401 (fetch_command: public here too)
     REGISTRY,
     RESOURCES,
     Group,

@@ -28,18 +28,11 @@ def _record(rid: str, task: str, split: str, audio: list[str], target: str, refe
     """The record, its training prompt drawn from the task's bank (seeded by ``rid``) unless ``prompt`` is given,
     which is then also the one evaluation asks. Raises pydantic's ValidationError naming the field."""
     refs = list(dict.fromkeys([target] + [r for r in references if r.strip()]))
-    return Record(
-        id=rid,
-        task=task,
-        audio=audio,
-        prompt=prompt if prompt is not None else prompts.sample(task, _rng(rid, "prompt"), tier=tier, position=position),
-        target=target,
-        references=refs,
-        tier=tier,
-        split=split,
-        meta={**meta, "eval_prompt": prompt if prompt is not None else
-              prompts.canonical(task, tier=tier, position=position)},
-    )
+    train_prompt = prompt if prompt is not None else prompts.sample(task, _rng(rid, "prompt"), tier=tier,
+                                                                    position=position)
+    eval_prompt = prompt if prompt is not None else prompts.canonical(task, tier=tier, position=position)
+    return Record(id=rid, task=task, audio=audio, prompt=train_prompt, target=target, references=refs, tier=tier,
+                  split=split, meta={**meta, "eval_prompt": eval_prompt})
 
 
 def ac_example(item: RenderItem, path: AudioPath, facts: dict) -> Record:
@@ -88,7 +81,8 @@ def pair_info(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dic
 
 
 def adiff_examples(pair: PairItem, items: dict[str, RenderItem], facts: dict[str, dict], meta: dict[str, dict],
-                   path: AudioPath, tiers: list[int], written: dict[tuple[str, int], str] | None = None) -> list[Record]:
+                   path: AudioPath, tiers: list[int], written: dict[tuple[str, int], str] | None = None
+                   ) -> list[Record]:
     """Three tiers per pair. ``written`` holds LLM texts by (pair id, tier); else the template generator writes.
 
     References: the target plus a second template phrasing (a different seed), so scoring sees paraphrase."""

@@ -84,10 +84,6 @@ def column_name(key: str, keys) -> str:
     return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
 
 
-def _digest(obj) -> str:
-    return json_digest(obj, 8, "sha1")  # as trial names always were
-
-
 def lm_run(cfg: Config, size: str) -> str:
     """The stage-1 LM's Ray Train run for a trial: named by size and by everything in the config but the trial's own
     stages (the LM recipe reads the model sizes, prefix length, tokenizer and stage-1 settings), so trials that
@@ -96,4 +92,4 @@ def lm_run(cfg: Config, size: str) -> str:
     tree["train"].pop("stages")
     for k in ("sweep", "evaluate"):
         tree.pop(k)
-    return f"{cfg.train.run_name}-unimodal-lm-{size}-{_digest(tree)}"
+    return f"{cfg.train.run_name}-unimodal-lm-{size}-{json_digest(tree, 8, 'sha1')}"  # sha1 / 8: as names always were
