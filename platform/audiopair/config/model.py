@@ -30,11 +30,9 @@ class EncoderConfig(Section):
     depths: list[int] = [2, 2, 6, 2]
     heads: list[int] = [4, 8, 16, 32]
     num_classes: int = Field(527, ge=1)  # event head classes (AudioSet: 527; demo: the bank's event kinds)
-    # frame logits -> clip logits for stage-1 event training (the linear head). "max" keeps the frame probabilities
-    # calibrated (an absent event must be low in every frame), which the hallucination view reads; "attention" fits
-    # clips a bit faster; "mean" makes the clip logits a linear function of the pooled embedding the ADIFF prefix
-    # reads, so stage 1 trains exactly that vector to carry the events (HTSAT's token-semantic head is mean-pooled too)
-    clip_pool: Literal["max", "attention", "mean"] = "max"
+    # frame logits -> clip logits for stage-1 event training. "max" keeps the frame probabilities calibrated (an absent
+    # event must be low in every frame), which the hallucination view reads; "attention" fits clips a bit faster.
+    clip_pool: Literal["max", "attention"] = "max"
     # "token_semantic": HTSAT's own head, a (2 x 3) convolution over the last feature map whose clip output is the
     # mean of its frame outputs (what HTSAT's AudioSet checkpoints and ADIFF carry); "linear": a per-frame linear
     # with clip_pool pooling (trains faster from scratch on the demo)

@@ -58,12 +58,8 @@ class EncoderOutput(ModelOutput):
 
 
 class EventHead(nn.Module):
-    """Per-frame event logits from a linear on the frequency-averaged feature map; clip logits by max, (per-class
-    softmax) attention or mean pooling over time. audiopair's own head, quick to train from scratch (the demo).
-
-    With ``pool="mean"`` the clip logits equal ``frame(embedding)``: the mean over time of a linear of the frequency
-    means is that linear of the backbone's pooled output (``EncoderOutput.embedding``, the mean over the whole last
-    feature map), so event training shapes the very vector the ADIFF prefix is made from."""
+    """Per-frame event logits from a linear on the frequency-averaged feature map; clip logits by max or (per-class
+    softmax) attention pooling over time. audiopair's own head, quick to train from scratch (the demo)."""
 
     kind = "linear"
 
@@ -77,8 +73,6 @@ class EventHead(nn.Module):
         """``(B, C, F', T')`` -> frame logits ``(B, T', K)``, clip logits ``(B, K)``."""
         frames = feature_map.mean(dim=2).transpose(1, 2)  # (B, T', C)
         logits = self.frame(frames)
-        if self.pool == "mean":
-            return logits, logits.mean(dim=1)
         if self.attention is None:
             return logits, logits.max(dim=1).values
         weights = self.attention(frames).softmax(dim=1)  # where in time each class is decided
