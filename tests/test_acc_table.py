@@ -139,6 +139,12 @@ def test_a_second_job_reuses_the_base_and_finished_rows(tables):
                                   f"tags.mlflow.parentRunId = '{parents[1].info.run_id}'")
     assert len(children) == 7 and all(c.data.tags["reused"] == "true" for c in children)
     assert all("demo/ac/all/cider_d" in c.data.metrics for c in children)
+    # each reused run links to the first job's run of the same model, which keeps its predictions and training
+    earlier = {c.info.run_name: c.info.run_id for c in client.search_runs(
+        [parents[0].info.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")}
+    assert {c.info.run_name: c.data.tags["reused_from"] for c in children} == earlier
+    assert not first["reused"] and sorted(second["reused"]) == sorted([BASE, RANDOM, *ROWS])
+    assert "reused from earlier jobs" in (tables["dir"] / "report.md").read_text()
     for c in children:  # nothing trained: no stage runs under the second job's models
         assert not client.search_runs([c.info.experiment_id], f"tags.mlflow.parentRunId = '{c.info.run_id}'")
     bases = [p for p in (tables["tmp"] / "work" / "models").iterdir() if not p.name.endswith("-random")]

@@ -210,12 +210,15 @@ def run_tables(cfg: Config, parent: str, say=print) -> tuple[Path, dict]:
             hit = cached(key, fp)
             if hit:
                 say(f"[{name}] finished in an earlier job (fingerprint {fp}): scores reused")
-                mlflow_tags(reused="true", checkpoint=hit["model_dir"])
+                # the earlier job's run keeps the predictions, figures and training runs: link to it, copy nothing
+                mlflow_tags(reused="true", checkpoint=hit["model_dir"],
+                            **({"reused_from": hit["run_id"]} if hit.get("run_id") else {}))
                 log_cached(hit, cfg.dataset.name)
-                return hit
+                return hit | {"reused": True}
             mlflow_tags(reused="false")
             model_dir, extra = make(run.info.run_id)
-            result = score_model(model_dir, cfg, name, sets, val, say) | extra | {"fingerprint": fp, "name": name}
+            result = score_model(model_dir, cfg, name, sets, val, say) | extra | {
+                "fingerprint": fp, "name": name, "run_id": run.info.run_id}
             mlflow_tags(checkpoint=str(model_dir))
             atomic_write_json(report_dir / "models" / f"{key}.json", result)
             return result
@@ -301,6 +304,7 @@ def build_report(cfg: Config, base: dict, rows: dict[str, dict], random: dict | 
         "val_loss": {name: r["val_loss"] for name, r in [(BASE, base), *rows.items()]
                      } | ({RANDOM: random["val_loss"]} if random else {}),
         "base": base, "random": random, "rows": rows, "seconds": seconds,
+        "reused": [name for name, r in [(BASE, base), (RANDOM, random or {}), *rows.items()] if r.get("reused")],
         "settings": {"budget": at.budget, "lora": ft.lora.model_dump(), "lr": ft.lr, "micro_batch": ft.micro_batch,
                      "grad_accum": ft.grad_accum, "base": at.base.model_dump(), "tiny": ft.tiny.model_dump(),
                      "n_ac_test": base["n_ac"], "n_classify": base["n_classify"]},
@@ -314,7 +318,9 @@ def report_markdown(rep: dict) -> str:
     out = [f"# {rep['name']}: ACC Tables 2 and 3 in miniature ({rep['dataset']})", "",
            f"LoRA r {s['lora']['r']}, alpha {s['lora']['alpha']}, dropout {s['lora']['dropout']}, lr {s['lr']:g}, "
            f"batch {s['micro_batch']} x {s['grad_accum']}; {s['budget']} training examples per row. "
-           f"AC test clips: {s['n_ac_test']}; classification clips: {s['n_classify']}. Job: {rep['seconds']:.0f} s.",
+           f"AC test clips: {s['n_ac_test']}; classification clips: {s['n_classify']}. Job: {rep['seconds']:.0f} s"
+           + (f" (reused from earlier jobs, whose MLflow runs hold their predictions and training: "
+              f"{', '.join(rep['reused'])})." if rep.get("reused") else "."),
            "", "## Table 2: AC captioning (test split)", "",
            "| Finetuning task | " + " | ".join(HEADERS[m] for m in metrics) + " |",
            "|---|" + "---|" * len(metrics)]
@@ -347,7 +353,6 @@ def write_report(rep: dict, folder: str | Path) -> Path:
     """``report.json`` and ``report.md`` in ``folder`` (atomic), logged to the active MLflow run with Table 2's
     values as ``table2/<row>/<metric>`` and Table 3's as ``table3/<row>/<set>``."""
     import mlflow
-
 
     folder = Path(folder)
     atomic_write_json(folder / "report.json", rep)
