@@ -101,6 +101,7 @@ def test_accuracy_report_hand_computed():
             ("b", "b", "fuzzy"), ("b", "b", "exact"), ("c", "a", "contains")]
     r = accuracy_report(rows, labels)
     assert r["n"] == 6 and r["correct"] == 3 and r["accuracy"] == pytest.approx(0.5)
+    assert r["chance"] == pytest.approx(3 / 6)  # always "a", the most frequent true label
     assert r["columns"] == ["a", "b", "c", "unmapped"]
     assert r["confusion"] == [[1, 1, 0, 1], [0, 2, 0, 0], [1, 0, 0, 0]]
     assert r["per_class"]["a"] == {"n": 3, "correct": 1, "accuracy": pytest.approx(1 / 3)}
@@ -111,7 +112,7 @@ def test_accuracy_report_hand_computed():
     # two-element pairs, an absent class, and errors
     r2 = accuracy_report([("a", "a"), ("a", None)], labels)
     assert r2["methods"] == {"mapped": 1, "none": 1} and r2["per_class"]["c"]["accuracy"] is None
-    assert accuracy_report([], labels)["accuracy"] is None
+    assert accuracy_report([], labels)["accuracy"] is None and accuracy_report([], labels)["chance"] is None
     with pytest.raises(ValueError, match="true label 'z'"):
         accuracy_report([("z", "a")], labels)
     with pytest.raises(ValueError, match="predicted label 'z'"):

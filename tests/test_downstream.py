@@ -198,6 +198,7 @@ def test_evaluate_job_logs_accuracy_and_reports_the_table(label_csv, tiny_checkp
     assert metrics["ev/classify/all/accuracy"] == pytest.approx(scores["ev"]["accuracy"])
     assert metrics["demo_events/classify/all/accuracy"] == pytest.approx(scores["demo_events"]["accuracy"])
     assert metrics["ev/skipped_clips"] == 3 and "demo_events/classify/all/macro_accuracy" in metrics
+    assert metrics["ev/classify/all/chance"] == pytest.approx(scores["ev"]["chance"])
     logged = {a.path for a in client.list_artifacts(child.info.run_id, "classify/ev")}
     assert logged == {"classify/ev/confusion_ev.png", "classify/ev/predictions.json", "classify/ev/report.json"}
     table = json.loads(Path(client.download_artifacts(child.info.run_id, "classify/ev/predictions.json",
@@ -209,6 +210,11 @@ def test_evaluate_job_logs_accuracy_and_reports_the_table(label_csv, tiny_checkp
     assert "## Downstream classification accuracy" in report
     assert f"| tiny | {cells[0]} | {cells[1]} |" in report
     assert "ev: 21 clips, 20 labels, 3 skipped;" in report
+    # the bar to clear beside every accuracy: always answering the most frequent true label
+    counts = [sum(row) for row in scores["ev"]["confusion"]]
+    assert scores["ev"]["chance"] == pytest.approx(max(counts) / 21)
+    assert f"chance (the most frequent label) {100 * scores['ev']['chance']:.2f}%" in report
+    assert f"chance {scores['demo_events']['chance']:.1%}" in out
     assert "<h2>Downstream classification accuracy</h2>" in (work / "reports" / "cls-evaluate" / "report.html").read_text()
     parent_art = {a.path for a in client.list_artifacts(runs["evaluate"].info.run_id, "report")}
     assert "report/report.md" in parent_art

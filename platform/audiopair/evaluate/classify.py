@@ -238,8 +238,9 @@ def read_label_csv(path: str | Path, path_column: str = "path", label_column: st
 def accuracy_report(pairs: Sequence[tuple], labels: Sequence[str]) -> dict:
     """Accuracy of ``(true, predicted or None[, how])`` pairs over ``labels``.
 
-    Returns a JSON-ready dict: ``n``, ``correct``, ``accuracy`` (``None`` when empty), ``macro_accuracy`` (mean of
-    per-class accuracies over classes present), ``per_class`` ``{label: {n, correct, accuracy}}`` (accuracy ``None``
+    Returns a JSON-ready dict: ``n``, ``correct``, ``accuracy`` (``None`` when empty), ``chance`` (the accuracy of
+    always answering the most frequent true label, the bar a model must clear to show it heard anything; ``None``
+    when empty), ``macro_accuracy`` (mean of per-class accuracies over classes present), ``per_class`` ``{label: {n, correct, accuracy}}`` (accuracy ``None``
     for an absent class), ``labels``, ``columns`` (labels + ``"unmapped"``), ``confusion`` (rows true label, columns
     ``columns``), ``unmapped`` count and ``methods`` (counts per mapping method; pairs without a method count as
     ``"none"`` when unmapped, ``"mapped"`` otherwise). A true or predicted label outside ``labels`` is an error.
@@ -269,6 +270,7 @@ def accuracy_report(pairs: Sequence[tuple], labels: Sequence[str]) -> dict:
     present = [v["accuracy"] for v in per_class.values() if v["accuracy"] is not None]
     return {
         "n": n, "correct": correct, "accuracy": correct / n if n else None,
+        "chance": int(conf.sum(axis=1).max()) / n if n else None,
         "macro_accuracy": float(np.mean(present)) if present else None,
         "per_class": per_class, "labels": labels, "columns": labels + [UNMAPPED],
         "confusion": conf.tolist(), "unmapped": int(conf[:, k].sum()), "methods": methods,
@@ -305,7 +307,9 @@ def confusion_png(report: dict, path: str | Path, title: str = "Confusion matrix
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = report.get("accuracy")
-    ax.set_title(f"{title}\naccuracy {acc:.1%} of {report.get('n', int(conf.sum()))}" if acc is not None else title)
+    chance = f" (chance {report['chance']:.1%})" if report.get("chance") is not None else ""
+    ax.set_title(f"{title}\naccuracy {acc:.1%} of {report.get('n', int(conf.sum()))}{chance}" if acc is not None
+                 else title)
     ax.axvline(k - 0.5, color="0.4", lw=1)  # separates the unmapped column
     fs = 9 if k <= 12 else 7 if k <= 25 else 5
     thresh = conf.max() / 2 if conf.max() else 1

@@ -204,6 +204,7 @@ class Classification:
         if r["n"]:
             out |= {f"{self.name}/classify/all/accuracy": r["accuracy"],
                     f"{self.name}/classify/all/macro_accuracy": r["macro_accuracy"],
+                    f"{self.name}/classify/all/chance": r["chance"],
                     f"{self.name}/classify/all/unmapped_rate": r["unmapped"] / r["n"]}
         return out
 

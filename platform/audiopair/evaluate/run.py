@@ -133,7 +133,7 @@ def evaluate_checkpoint(model_dir: str | Path, cfg: Config, name: str, log_mlflo
                                 figure=Path(cfg.work_dir) / "figures" / name / f"confusion_{cset.name}.png",
                                 title=f"{cset.name}: {name}")
         result.classify[cset.name] = c
-        acc = "-" if c.accuracy is None else f"{c.accuracy:.1%}"
+        acc = "-" if c.accuracy is None else f"{c.accuracy:.1%} (chance {c.report['chance']:.1%})"
         say(f"[{name}] {cset.name}: accuracy {acc} of {c.report['n']} ({c.seconds:.1f} s"
             + (f", {len(c.skipped)} skipped)" if c.skipped else ")"))
     if log_mlflow:
@@ -272,7 +272,9 @@ def classify_footnote(results: list[Evaluation]) -> list[str]:
         c = next(r.classify[n] for r in results if n in r.classify)
         extra = (f", {len(c.skipped)} skipped" if c.skipped else "") + \
             (f", {c.excluded} outside the label set" if c.excluded else "")
-        out.append(f"{n}: {c.report['n']} clips, {len(c.report['labels'])} labels{extra}; prompt: {c.prompt!r}"
+        chance = "" if c.report.get("chance") is None else f"; chance (the most frequent label) " \
+            f"{100 * c.report['chance']:.2f}%"
+        out.append(f"{n}: {c.report['n']} clips, {len(c.report['labels'])} labels{extra}{chance}; prompt: {c.prompt!r}"
                    + "".join(f" ({note})" for note in c.notes))
     return out
 
