@@ -240,10 +240,11 @@ def accuracy_report(pairs: Sequence[tuple], labels: Sequence[str]) -> dict:
 
     Returns a JSON-ready dict: ``n``, ``correct``, ``accuracy`` (``None`` when empty), ``chance`` (the accuracy of
     always answering the most frequent true label, the bar a model must clear to show it heard anything; ``None``
-    when empty), ``macro_accuracy`` (mean of per-class accuracies over classes present), ``per_class`` ``{label: {n, correct, accuracy}}`` (accuracy ``None``
-    for an absent class), ``labels``, ``columns`` (labels + ``"unmapped"``), ``confusion`` (rows true label, columns
-    ``columns``), ``unmapped`` count and ``methods`` (counts per mapping method; pairs without a method count as
-    ``"none"`` when unmapped, ``"mapped"`` otherwise). A true or predicted label outside ``labels`` is an error.
+    when empty), ``macro_accuracy`` (mean of per-class accuracies over classes present), ``per_class``
+    ``{label: {n, correct, accuracy}}`` (accuracy ``None`` for an absent class), ``labels``, ``columns`` (labels +
+    ``"unmapped"``), ``confusion`` (rows true label, columns ``columns``), ``unmapped`` count and ``methods`` (counts
+    per mapping method; pairs without a method count as ``"none"`` when unmapped, ``"mapped"`` otherwise). A true or
+    predicted label outside ``labels`` is an error.
     """
     labels = list(labels)
     index = {l: i for i, l in enumerate(labels)}
